@@ -1,0 +1,86 @@
+"""Rendering prompts and responses with a model's own chat template, as token ids.
+
+Scoring rule (documented in the README and tested): the scored span of a response is the text
+the chat template puts after the generation prompt when the response is the assistant turn —
+the response itself plus the template's end-of-turn marker — with trailing whitespace removed.
+Prompt ids and response ids are tokenised separately and concatenated, so the prompt prefix is
+byte-identical to what generation was conditioned on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+
+class ChatTemplateError(ValueError):
+    """A tokenizer whose chat template cannot render prompt/response pairs as we need."""
+
+
+def _messages(prompt: str | list[dict]) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) -> str:
+    """The conversation up to and including the generation prompt of the assistant turn."""
+    if not tokenizer.chat_template:
+        raise ChatTemplateError(
+            f"tokenizer {tokenizer.name_or_path!r} has no chat template; "
+            "set model.<student|teacher>.chat_template"
+        )
+    return tokenizer.apply_chat_template(
+        _messages(prompt), tokenize=False, add_generation_prompt=True
+    )
+
+
+def response_suffix(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict],
+    response: str,
+    prefix: str | None = None,
+) -> str:
+    """Text the template adds after the generation prompt for `response` (end marker included)."""
+    prefix = prompt_text(tokenizer, prompt) if prefix is None else prefix
+    full = tokenizer.apply_chat_template(
+        [*_messages(prompt), {"role": "assistant", "content": response}], tokenize=False
+    )
+    if not full.startswith(prefix):
+        raise ChatTemplateError(
+            f"chat template of {tokenizer.name_or_path!r} renders the assistant turn so that it "
+            "does not extend the generation prompt; override model.<role>.chat_template"
+        )
+    return full[len(prefix) :].rstrip()
+
+
+@dataclass
+class EncodedPair:
+    """Token ids of prompt + response; ids[prompt_len:] is the scored span."""
+
+    ids: list[int]
+    prompt_len: int
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) -> list[int]:
+    return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str | list[dict]],
+    responses: list[list[str]],
+    max_length: int | None = None,
+) -> list[EncodedPair]:
+    """Encode every (prompt, response) pair, prompts given once for their n responses."""
+    out: list[EncodedPair] = []
+    for prompt, group in zip(prompts, responses, strict=True):
+        prefix = prompt_text(tokenizer, prompt)
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        suffixes = [response_suffix(tokenizer, prompt, r, prefix) for r in group]
+        suffix_ids = tokenizer(suffixes, add_special_tokens=False)["input_ids"]
+        for ids in suffix_ids:
+            full = prefix_ids + ids
+            if max_length is not None and len(full) > max_length:
+                full = full[:max_length]
+            out.append(EncodedPair(full, min(len(prefix_ids), len(full))))
+    return out

@@ -1,0 +1,90 @@
+"""Held-out metrics of a PADModule's student on a list of problems (shared docs section 5).
+
+Greedy answers give exact match and quality (where references exist) and the teacher's reward of
+the student's own answers; fresh samples at rollout temperature give the loss and the ranking
+agreement between student and teacher scores (and, in the toy world, with true quality q).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .chat import encode_pairs
+from .metrics import kendall_tau, nanmean, top1_agreement
+from .rewards import score_pairs
+from .rollout import CalibrationConfig, SamplingConfig, collect, generate
+from .toy.tasks import exact_match, quality
+
+
+@dataclass
+class EvalConfig:
+    n: int = 4
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    max_tokens: int = 16384
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+@torch.no_grad()
+def evaluate(
+    module, problems: list, cfg: EvalConfig, autocast_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Metrics of `module.student` against `module.teacher` on `problems`."""
+    student, teacher = module.student, module.teacher
+    tok_s, tok_t = module.student_tokenizer, module.teacher_tokenizer
+    prompts = [p.prompt for p in problems]
+    refs = [getattr(p, "reference", None) for p in problems]
+    out: dict[str, float] = {}
+
+    greedy = generate(
+        student, tok_s, prompts, 1, cfg.sampling, greedy=True, autocast_dtype=autocast_dtype
+    )
+    answers = [t[0] for t in greedy.texts]
+    if all(r is not None for r in refs):
+        out["exact_match"] = sum(map(exact_match, answers, refs)) / len(refs)
+        out["quality"] = sum(map(quality, answers, refs)) / len(refs)
+    pairs = encode_pairs(tok_t, prompts, [[a] for a in answers])
+    out["teacher_reward"] = float(
+        score_pairs(
+            teacher,
+            pairs,
+            _pad_id(tok_t),
+            cfg.max_tokens,
+            next(teacher.parameters()).device,
+            autocast_dtype,
+        ).mean()
+    )
+    out["answer_length"] = float(greedy.lengths.mean())
+
+    roll = collect(
+        student,
+        tok_s,
+        teacher,
+        tok_t,
+        prompts,
+        cfg.n,
+        cfg.sampling,
+        cfg.calibration,
+        cfg.max_tokens,
+        autocast_dtype,
+    )
+    device = next(student.parameters()).device
+    r_s = score_pairs(
+        student, roll.student_pairs, _pad_id(tok_s), cfg.max_tokens, device, autocast_dtype
+    ).view(len(prompts), cfg.n)
+    out["loss"] = float(module.loss_from_scores(r_s, roll.teacher_scores).mean())
+    out["kendall_tau"] = nanmean(kendall_tau(r_s, roll.teacher_scores))
+    out["top1_agreement"] = float(top1_agreement(r_s, roll.teacher_scores).mean())
+    if all(r is not None for r in refs):
+        q = torch.tensor(
+            [[quality(y, r) for y in group] for group, r in zip(roll.texts, refs, strict=True)]
+        )
+        out["teacher_q_tau"] = nanmean(kendall_tau(roll.teacher_scores, q))
+        out["student_q_tau"] = nanmean(kendall_tau(r_s, q))
+        out["sample_quality"] = float(q.mean())
+    return out

@@ -1,0 +1,136 @@
+"""PADModule: the trainable student, the frozen teacher, the PAD loss and its evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from . import losses
+from .evaluation import EvalConfig, evaluate
+from .rewards import PaddedBatch, sequence_rewards
+from .sft import cosine_with_warmup
+
+
+@dataclass
+class LossConfig:
+    """`name` picks a function of `losses.LOSSES`; scores are beta * reward on each side."""
+
+    name: str = "ppd"
+    beta_student: float = 1.0
+    beta_teacher: float = 1.0
+    group_size: int | None = None  # decomposition=split: groups of k responses
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+
+
+class PADModule(L.LightningModule):
+    """Student trainable; teacher frozen (eval, no grad, outside optimizer and checkpoints)."""
+
+    def __init__(
+        self,
+        student,
+        teacher,
+        student_tokenizer,
+        teacher_tokenizer,
+        loss: LossConfig,
+        optim: OptimConfig,
+        evaluation: EvalConfig,
+        total_steps: int,
+    ):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student_tokenizer, self.teacher_tokenizer = student_tokenizer, teacher_tokenizer
+        self.loss_cfg, self.optim_cfg, self.eval_cfg = loss, optim, evaluation
+        self.loss_fn = losses.LOSSES[loss.name]
+        self.total_steps = total_steps
+        self.eval_tag = "val"
+        self.strict_loading = False  # checkpoints hold the student only
+
+    # -- training -------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never leaves eval mode (no dropout, no BN updates)
+        return self
+
+    def loss_from_scores(
+        self, student_rewards: torch.Tensor, teacher_scores: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-prompt loss [P] from student rewards and calibrated teacher scores, both [P, n]."""
+        return losses.decomposed(
+            self.loss_fn,
+            self.loss_cfg.beta_student * student_rewards,
+            self.loss_cfg.beta_teacher * teacher_scores,
+            self.loss_cfg.group_size,
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        scores = batch["teacher_scores"]
+        padded = PaddedBatch(batch["input_ids"], batch["attention_mask"], batch["score_mask"])
+        rewards = sequence_rewards(self.student, padded).view(scores.shape)
+        loss = self.loss_from_scores(rewards.float(), scores).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=scores.shape[0])
+        self.log("train/student_reward", rewards.mean(), batch_size=scores.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        opt = torch.optim.AdamW(
+            self.student.parameters(),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            betas=tuple(cfg.betas),
+        )
+        sched = cosine_with_warmup(opt, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- evaluation -----------------------------------------------------------------------
+    def _eval_step(self, problems: list) -> None:
+        metrics = evaluate(self, problems, self.eval_cfg, self._autocast_dtype())
+        for name, value in metrics.items():
+            self.log(
+                f"{self.eval_tag}/{name}",
+                value,
+                batch_size=len(problems),
+                sync_dist=True,
+                prog_bar=name == "exact_match",
+            )
+
+    def validation_step(self, problems: list, batch_idx: int) -> None:
+        self._eval_step(problems)
+
+    def test_step(self, problems: list, batch_idx: int) -> None:
+        self._eval_step(problems)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        precision = str(self.trainer.precision) if self._trainer is not None else "32"
+        return (
+            torch.bfloat16
+            if precision.startswith("bf16")
+            else (torch.float16 if precision.startswith("16") else None)
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = [
+            k for k in self.student.state_dict() if f"student.{k}" not in checkpoint["state_dict"]
+        ]
+        if missing:
+            raise ValueError(
+                f"checkpoint lacks student weights (e.g. {missing[0]!r}); "
+                "was it written by a different student model?"
+            )

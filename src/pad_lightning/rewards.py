@@ -1,0 +1,100 @@
+"""Length-normalised sequence log-likelihood rewards, batched and chat-template aware.
+
+r(y | x) = (1/|y|) * sum_t log pi(y_t | x, y_<t) over the scored span (see `chat`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .chat import EncodedPair
+
+
+@dataclass
+class PaddedBatch:
+    """Right-padded ids; `score_mask[i, t]` is True where token t of row i is scored."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    score_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> PaddedBatch:
+        return PaddedBatch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.score_mask))
+        )
+
+
+def pad_pairs(pairs: list[EncodedPair], pad_id: int) -> PaddedBatch:
+    """Right padding keeps position ids 0..len-1 for every row, as in generation."""
+    width = max(len(p.ids) for p in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(pairs), width), dtype=torch.long)
+    score = torch.zeros((len(pairs), width), dtype=torch.bool)
+    for i, p in enumerate(pairs):
+        ids[i, : len(p.ids)] = torch.tensor(p.ids)
+        attn[i, : len(p.ids)] = 1
+        score[i, p.prompt_len : len(p.ids)] = True
+    return PaddedBatch(ids, attn, score)
+
+
+def token_log_probs(model: torch.nn.Module, batch: PaddedBatch) -> torch.Tensor:
+    """log pi(ids[t] | ids[<t]) at every scored position, 0 elsewhere; shape [N, L]."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    targets = batch.input_ids[:, 1:]
+    mask = batch.score_mask[:, 1:]
+    # Only positions that predict a scored token need a softmax over the vocabulary.
+    picked = logits[:, :-1][mask].float()
+    logp = picked.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)
+    out = torch.zeros(targets.shape, dtype=logp.dtype, device=logp.device)
+    out = out.masked_scatter(mask, logp)
+    return torch.nn.functional.pad(out, (1, 0))
+
+
+def length_normalised(token_logp: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
+    """Mean log-probability over each row's scored tokens; shape [N]."""
+    counts = score_mask.sum(-1).clamp_min(1)
+    return (token_logp * score_mask).sum(-1) / counts
+
+
+def sequence_rewards(model: torch.nn.Module, batch: PaddedBatch) -> torch.Tensor:
+    """Length-normalised log-likelihood of each row's scored span (keeps autograd if enabled)."""
+    return length_normalised(token_log_probs(model, batch), batch.score_mask)
+
+
+def token_budget_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped (longest first) so each padded chunk holds at most `max_tokens` tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        if current and width * (len(current) + 1) > max_tokens:
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+@torch.no_grad()
+def score_pairs(
+    model: torch.nn.Module,
+    pairs: list[EncodedPair],
+    pad_id: int,
+    max_tokens: int = 16384,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Rewards of many pairs without autograd, in length-sorted chunks to limit padding; [N]."""
+    out = torch.empty(len(pairs))
+    device = torch.device(device)
+    for chunk in token_budget_chunks([len(p.ids) for p in pairs], max_tokens):
+        batch = pad_pairs([pairs[i] for i in chunk], pad_id).to(device)
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            out[chunk] = sequence_rewards(model, batch).float().cpu()
+    return out

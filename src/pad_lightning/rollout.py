@@ -1,0 +1,196 @@
+"""Sampling n responses per prompt from the current student (HF generate with KV cache)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .calibration import DEFAULT_TEMPLATE, mix, pairwise_selection_log_probs
+from .chat import EncodedPair, encode_pairs, encode_prompt
+from .rewards import score_pairs
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling knobs; top_k=0 and top_p=1 disable those filters explicitly."""
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 16
+    batch_size: int = 256
+
+
+@dataclass
+class Generations:
+    """`texts[i][j]`: j-th response to prompt i; `lengths` in generated tokens; truncated flags."""
+
+    texts: list[list[str]]
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+
+
+def stop_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    n: int,
+    sampling: SamplingConfig,
+    greedy: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> Generations:
+    """n samples (or one greedy answer) per prompt, prompts rendered in the model's template."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    stops = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    per_call = max(1, sampling.batch_size // (1 if greedy else n))
+    texts: list[list[str]] = []
+    lengths, truncated = [], []
+    for start in range(0, len(prompts), per_call):
+        encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + per_call]]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, e in enumerate(encoded):  # left padding: generation continues every row's end
+            ids[i, width - len(e) :] = torch.tensor(e)
+            attn[i, width - len(e) :] = 1
+        kwargs = dict(
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=pad_id,
+            use_cache=True,
+        )
+        if greedy:
+            kwargs.update(
+                do_sample=False, num_return_sequences=1, temperature=None, top_p=None, top_k=None
+            )
+        else:
+            kwargs.update(
+                do_sample=True,
+                num_return_sequences=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+            )
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
+        new = out[:, width:].cpu()
+        is_stop = torch.isin(new, torch.tensor(stops))
+        ended = is_stop.any(-1)
+        first_stop = torch.where(ended, is_stop.int().argmax(-1), new.shape[1])
+        decoded = tokenizer.batch_decode(
+            [row[:k] for row, k in zip(new, first_stop.tolist(), strict=True)],
+            skip_special_tokens=True,
+        )
+        k = 1 if greedy else n
+        texts.extend(decoded[i : i + k] for i in range(0, len(decoded), k))
+        lengths.append(first_stop + ended.long())
+        truncated.append(~ended)
+    if was_training:
+        model.train()
+    return Generations(texts, torch.cat(lengths).float(), torch.cat(truncated))
+
+
+@dataclass
+class CalibrationConfig:
+    """`name`: none | mcq. `alpha` weights log p_sel (paper formula); `debias` asks both orders."""
+
+    name: str = "mcq"
+    alpha: float = 0.8
+    mode: str = "pairwise"
+    debias: bool = True
+    template: str = DEFAULT_TEMPLATE
+
+
+@dataclass
+class Rollout:
+    """n responses per prompt with everything the loss and the logs need."""
+
+    prompts: list
+    texts: list[list[str]]
+    student_pairs: list[EncodedPair]
+    teacher_rewards: torch.Tensor  # [P, n] length-normalised teacher log-likelihood
+    log_p_sel: torch.Tensor | None  # [P, n] MCQ selection log-probability, if calibrated
+    teacher_scores: torch.Tensor  # [P, n] t_i after calibration
+    lengths: torch.Tensor  # [P, n] generated tokens
+    truncated: torch.Tensor  # [P, n]
+    seconds: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+
+
+def collect(
+    student: torch.nn.Module,
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher: torch.nn.Module,
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    n: int,
+    sampling: SamplingConfig,
+    calibration: CalibrationConfig,
+    max_tokens: int = 16384,
+    autocast_dtype: torch.dtype | None = None,
+) -> Rollout:
+    """Sample from the current student, score with the frozen teacher, calibrate."""
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    gens = generate(student, student_tokenizer, prompts, n, sampling, autocast_dtype=autocast_dtype)
+    seconds["generation"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    student_pairs = encode_pairs(student_tokenizer, prompts, gens.texts)
+    teacher_pairs = encode_pairs(teacher_tokenizer, prompts, gens.texts)
+    pad_id = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
+    device = next(teacher.parameters()).device
+    rewards = score_pairs(teacher, teacher_pairs, pad_id, max_tokens, device, autocast_dtype)
+    rewards = rewards.view(len(prompts), n)
+    seconds["teacher_scoring"] = time.perf_counter() - started
+    tokens = {
+        "generated": int(gens.lengths.sum()),
+        "teacher_scoring": sum(len(p.ids) for p in teacher_pairs),
+    }
+
+    log_p_sel = None
+    scores = rewards
+    if calibration.name == "mcq":
+        started = time.perf_counter()
+        questions = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+        log_p_sel, tokens["calibration"] = pairwise_selection_log_probs(
+            teacher,
+            teacher_tokenizer,
+            questions,
+            gens.texts,
+            calibration.debias,
+            calibration.template,
+            max_tokens,
+            autocast_dtype,
+        )
+        scores = mix(rewards, log_p_sel, calibration.alpha)
+        seconds["calibration"] = time.perf_counter() - started
+    return Rollout(
+        prompts,
+        gens.texts,
+        student_pairs,
+        rewards,
+        log_p_sel,
+        scores,
+        gens.lengths.view(len(prompts), n),
+        gens.truncated.view(len(prompts), n),
+        seconds,
+        tokens,
+    )

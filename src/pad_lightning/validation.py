@@ -1,0 +1,117 @@
+"""Start-up checks of a run config: every user error becomes one line naming key and valid range."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .losses import LOSSES
+from .preference import MAX_EXACT_N
+from .toy.tasks import TASKS
+
+EXACT_LOSSES = {"ppd"}  # losses that enumerate all n! rankings of a group
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line and names the key."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _writable_dir(path: Path) -> bool:
+    """True if `path` exists and is writable, or could be created."""
+    path = path.expanduser()
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def check(cfg) -> None:
+    """Raise ConfigError on the first invalid value of a composed run config."""
+    n = cfg.n
+    _require(isinstance(n, int) and n >= 2, f"n={n!r}: must be an integer >= 2")
+    _require(
+        cfg.loss.name in LOSSES,
+        f"loss.name={cfg.loss.name!r}: unknown loss; valid: {sorted(LOSSES)}",
+    )
+    for key in ("beta_student", "beta_teacher"):
+        beta = cfg.loss[key]
+        _require(isinstance(beta, int | float) and beta > 0, f"loss.{key}={beta!r}: must be > 0")
+
+    cal = cfg.calibration
+    _require(cal.name in ("none", "mcq"), f"calibration.name={cal.name!r}: valid: none, mcq")
+    _require(
+        isinstance(cal.alpha, int | float) and 0 <= cal.alpha <= 1,
+        f"calibration.alpha={cal.alpha!r}: must be in [0, 1]",
+    )
+    _require(cal.mode == "pairwise", f"calibration.mode={cal.mode!r}: valid: pairwise")
+    _require(
+        "{question}" in cal.template and "{options}" in cal.template,
+        "calibration.template: must contain {question} and {options}",
+    )
+
+    dec = cfg.decomposition
+    _require(dec.name in ("none", "split"), f"decomposition.name={dec.name!r}: valid: none, split")
+    group = n
+    if dec.name == "split":
+        k = dec.group_size
+        _require(
+            isinstance(k, int) and 2 <= k <= n and n % k == 0,
+            f"decomposition.group_size={k!r}: must be an integer in [2, n={n}] dividing n",
+        )
+        group = k
+    if cfg.loss.name in EXACT_LOSSES:
+        _require(
+            group <= MAX_EXACT_N,
+            f"n={n}: loss={cfg.loss.name} enumerates all {group}! rankings, exact only for "
+            f"groups of <= {MAX_EXACT_N}; use decomposition=split "
+            f"decomposition.group_size=<k <= {MAX_EXACT_N} dividing {n}>, or loss=vpd",
+        )
+
+    roll = cfg.rollout
+    _require(roll.temperature > 0, f"rollout.temperature={roll.temperature!r}: must be > 0")
+    _require(0 < roll.top_p <= 1, f"rollout.top_p={roll.top_p!r}: must be in (0, 1]")
+    _require(roll.top_k >= 0, f"rollout.top_k={roll.top_k!r}: must be >= 0 (0 disables)")
+    for key in (
+        "max_new_tokens",
+        "prompts_per_epoch",
+        "batch_size",
+        "generation_batch_size",
+        "max_tokens",
+    ):
+        _require(int(roll[key]) >= 1, f"rollout.{key}={roll[key]!r}: must be >= 1")
+    _require(
+        roll.every_n_epochs >= 0,
+        f"rollout.every_n_epochs={roll.every_n_epochs!r}: must be >= 0 (0 = once)",
+    )
+
+    _require(
+        cfg.trainer.max_epochs >= 1, f"trainer.max_epochs={cfg.trainer.max_epochs!r}: must be >= 1"
+    )
+    _require(cfg.trainer.optim.lr > 0, f"trainer.optim.lr={cfg.trainer.optim.lr!r}: must be > 0")
+
+    if cfg.data.name == "toy":
+        bad = [t for t in cfg.data.tasks if t not in TASKS]
+        _require(
+            not bad and len(cfg.data.tasks) > 0,
+            f"data.tasks={list(cfg.data.tasks)}: valid tasks: {sorted(TASKS)}",
+        )
+    if "zoo" in cfg.model:
+        cache = Path(os.path.expanduser(str(cfg.model.zoo.cache_dir)))
+        _require(
+            _writable_dir(cache),
+            f"model.zoo.cache_dir={str(cache)!r}: not writable; set model.zoo.cache_dir "
+            "or PAD_LIGHTNING_CACHE to a writable directory",
+        )
+        for role in ("student", "teacher"):
+            entry = cfg.model[role]
+            _require(
+                bool(entry.get("path")) or entry.get("zoo") in ("student", "teacher"),
+                f"model.{role}.zoo={entry.get('zoo')!r}: valid: student, teacher "
+                f"(or set model.{role}.path)",
+            )
