@@ -1,0 +1,198 @@
+"""Tests for MCQ calibration of teacher rewards (pad_lightning.calibration)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pad_lightning.calibration import (
+    DEFAULT_TEMPLATE,
+    mcq_prompt,
+    mix,
+    option_log_probs,
+    option_token_ids,
+    pairwise_questions,
+    pairwise_selection_log_probs,
+    win_matrix,
+)
+from pad_lightning.chat import encode_prompt
+
+
+class FakeLM(torch.nn.Module):
+    """A stand-in causal LM: fixed logits on the letters A/B and on one distractor token.
+
+    `logit_a(prefix_sum)` gives the logit of "A" at each position from the running sum of the
+    token ids so far, so the fake is causal and unaffected by right padding.
+    """
+
+    def __init__(self, tok, logit_a, distractor_logit: float = 0.0):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+        self.vocab = len(tok)
+        self.a, self.b = option_token_ids(tok, 2)
+        self.distractor = tok.convert_tokens_to_ids("Z")
+        self.logit_a = logit_a
+        self.distractor_logit = distractor_logit
+        self.rows_seen = 0
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        self.rows_seen += input_ids.shape[0]
+        logits = torch.zeros(*input_ids.shape, self.vocab) + self.dummy
+        logits[..., self.a] = self.logit_a(input_ids.double().cumsum(-1)).float()
+        logits[..., self.distractor] = self.distractor_logit
+        return SimpleNamespace(logits=logits)
+
+
+def _content_logit(prefix_sum: torch.Tensor) -> torch.Tensor:
+    return 2.0 * torch.sin(0.37 * prefix_sum)
+
+
+def test_mcq_prompt_format():
+    assert mcq_prompt("rev abc", ["cba", "abc"]) == "Q: rev abc\nA) cba\nB) abc\nBest:"
+    assert mcq_prompt("q", ["x", "y", "z"]) == "Q: q\nA) x\nB) y\nC) z\nBest:"
+    assert mcq_prompt("q", ["x", "y"], "{options}|{question}") == "A) x\nB) y|q"
+    assert DEFAULT_TEMPLATE.count("{question}") == 1
+
+
+def test_option_token_ids_distinct(tok):
+    ids = option_token_ids(tok, 4)
+    assert len(set(ids)) == 4
+    assert [tok.decode([i]) for i in ids] == ["A", "B", "C", "D"]
+
+
+def test_pairwise_questions():
+    assert pairwise_questions(3, debias=False) == [(0, 1), (0, 2), (1, 2)]
+    assert sorted(pairwise_questions(3, debias=True)) == sorted(itertools.permutations(range(3), 2))
+
+
+def test_win_matrix_debiased_hand_formula():
+    n = 4
+    questions = pairwise_questions(n, debias=True)
+    p_first = torch.rand(2, len(questions), generator=torch.Generator().manual_seed(0))
+    w = win_matrix(p_first, questions, n, debias=True)
+    assert w.shape == (2, n, n)
+    pa = {q: p_first[:, k] for k, q in enumerate(questions)}
+    for i in range(n):
+        assert (w[:, i, i] == 0).all()
+        for j in range(n):
+            if i != j:
+                torch.testing.assert_close(w[:, i, j], (pa[i, j] + 1 - pa[j, i]) / 2)
+                torch.testing.assert_close(w[:, i, j] + w[:, j, i], torch.ones(2))
+
+
+def test_win_matrix_single_order():
+    n = 3
+    questions = pairwise_questions(n, debias=False)
+    p_first = torch.tensor([0.9, 0.3, 0.6])
+    w = win_matrix(p_first, questions, n, debias=False)
+    expected = torch.tensor([[0.0, 0.9, 0.3], [0.1, 0.0, 0.6], [0.7, 0.4, 0.0]])
+    torch.testing.assert_close(w, expected)
+
+
+def test_debias_removes_position_bias(tok):
+    fake = FakeLM(tok, lambda s: torch.full_like(s, 1.5))  # always prefers option A
+    questions = ["rev abc", "sort 2 1"]
+    responses = [["cba", "abc", "bca", "xyz"], ["1 2", "2 1", "12", "1"]]
+    logp, _ = pairwise_selection_log_probs(fake, tok, questions, responses, debias=True)
+    assert logp.shape == (2, 4)
+    torch.testing.assert_close(logp.exp(), torch.full((2, 4), 0.5))
+
+    logp, _ = pairwise_selection_log_probs(fake, tok, questions, responses, debias=False)
+    p_a = 1 / (1 + math.exp(-1.5))
+    p_sel = logp.exp()
+    # response k is first in the (n-1-k) pairs with later responses: mean win (n-1-k)pA+k(1-pA)
+    expected = torch.tensor([((3 - k) * p_a + k * (1 - p_a)) / 3 for k in range(4)])
+    torch.testing.assert_close(p_sel, expected.expand(2, 4))
+    assert (p_sel[:, :-1] > p_sel[:, 1:]).all()  # first-listed responses favoured
+
+
+def test_option_probabilities_renormalised(tok):
+    # most of the mass on a non-option token: still p(A) + p(B) = 1 after renormalising
+    fake = FakeLM(tok, lambda s: torch.full_like(s, 0.7), distractor_logit=12.0)
+    prompts = [encode_prompt(tok, mcq_prompt("q", ["x", "y"])), [5, 6, 7]]
+    logp = option_log_probs(fake, prompts, option_token_ids(tok, 2), tok.pad_token_id)
+    assert logp.shape == (2, 2)
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(2))
+    torch.testing.assert_close(logp[:, 0].exp(), torch.full((2,), 1 / (1 + math.exp(-0.7))))
+
+
+def test_option_log_probs_reads_last_real_token(tok):
+    fake = FakeLM(tok, _content_logit)
+    prompts = [[10, 20, 30], [10, 20, 30, 40, 50, 60, 70]]
+    ids = option_token_ids(tok, 2)
+    batched = option_log_probs(fake, prompts, ids, tok.pad_token_id, max_tokens=10**6)
+    for k, p in enumerate(prompts):
+        expected_pa = torch.sigmoid(
+            _content_logit(torch.tensor(float(sum(p)), dtype=torch.float64))
+        )
+        torch.testing.assert_close(batched[k, 0].exp(), expected_pa.float())
+    chunked = option_log_probs(fake, prompts, ids, tok.pad_token_id, max_tokens=1)
+    torch.testing.assert_close(chunked, batched)
+
+
+@pytest.mark.parametrize("debias", [True, False])
+def test_pairwise_selection_matches_reference(tok, debias):
+    """Whole procedure against a hand implementation; identical texts are not asked."""
+    fake = FakeLM(tok, _content_logit, distractor_logit=3.0)
+    questions = ["rev abc", "sort 3 1"]
+    responses = [["cba", "cba", "abc"], ["1 3", "3 1", "13"]]
+    n = 3
+    logp, n_tokens = pairwise_selection_log_probs(fake, tok, questions, responses, debias=debias)
+
+    expected, tokens = torch.zeros(2, n), 0
+    for p, (q, group) in enumerate(zip(questions, responses, strict=True)):
+        pa = {}
+        for i, j in itertools.permutations(range(n), 2):
+            if (debias and group[i] == group[j]) or (not debias and i > j):
+                continue
+            ids = encode_prompt(tok, mcq_prompt(q, [group[i], group[j]]))
+            tokens += len(ids)
+            pa[i, j] = torch.sigmoid(
+                _content_logit(torch.tensor(float(sum(ids)), dtype=torch.float64))
+            ).item()
+        for i in range(n):
+            wins = []
+            for j in range(n):
+                if i == j:
+                    continue
+                if debias:
+                    if group[i] == group[j]:
+                        wins.append(0.5)
+                    else:
+                        wins.append((pa[i, j] + 1 - pa[j, i]) / 2)
+                else:
+                    wins.append(pa[i, j] if i < j else 1 - pa[j, i])
+            expected[p, i] = math.log(sum(wins) / (n - 1))
+    torch.testing.assert_close(logp, expected, atol=1e-5, rtol=0)
+    assert n_tokens == tokens
+
+
+def test_identical_responses_not_asked(tok):
+    fake = FakeLM(tok, _content_logit)
+    same = [["ab", "ab", "cd"]]
+    different = [["ab", "ba", "cd"]]  # same lengths, all distinct
+    _, tokens_same = pairwise_selection_log_probs(fake, tok, ["q"], same, debias=True)
+    rows_same = fake.rows_seen
+    fake.rows_seen = 0
+    _, tokens_diff = pairwise_selection_log_probs(fake, tok, ["q"], different, debias=True)
+    assert fake.rows_seen == 6 and rows_same == 4
+    per_question = len(encode_prompt(tok, mcq_prompt("q", ["ab", "cd"])))
+    assert tokens_diff - tokens_same == 2 * per_question
+
+    # all identical: nothing asked, every win probability is exactly 1/2
+    fake.rows_seen = 0
+    logp, tokens = pairwise_selection_log_probs(fake, tok, ["q"], [["x"] * 4], debias=True)
+    assert tokens == 0 and fake.rows_seen == 0
+    torch.testing.assert_close(logp, torch.full((1, 4), math.log(0.5)))
+
+
+def test_mix_formula():
+    r = torch.tensor([[-1.0, -2.0, -0.5]])
+    s = torch.tensor([[-0.3, -1.2, -0.9]])
+    torch.testing.assert_close(mix(r, s, 0.0), r)
+    torch.testing.assert_close(mix(r, s, 1.0), s)
+    torch.testing.assert_close(mix(r, s, 0.8), 0.2 * r + 0.8 * s)

@@ -1,0 +1,124 @@
+"""Tests for length-normalised sequence rewards (pad_lightning.rewards)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from pad_lightning.chat import EncodedPair, encode_pairs
+from pad_lightning.rewards import (
+    pad_pairs,
+    score_pairs,
+    sequence_rewards,
+    token_budget_chunks,
+    token_log_probs,
+)
+
+PROMPTS = ["rev abc", "sort 3 1 2 9 4", "123+456="]
+RESPONSES = [["cba", "", "abcabc"], ["1 2 3 4 9", "9"], ["975", "579 "]]
+
+
+def _pairs(tok) -> list[EncodedPair]:
+    return encode_pairs(tok, PROMPTS, RESPONSES)
+
+
+@torch.no_grad()
+def _manual_reward(model, pair: EncodedPair) -> float:
+    """Mean log pi(y_t | y_<t) over the scored span of one unpadded sequence."""
+    ids = torch.tensor([pair.ids])
+    logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    terms = [logp[t - 1, pair.ids[t]].item() for t in range(pair.prompt_len, len(pair.ids))]
+    return sum(terms) / len(terms)
+
+
+def test_pad_pairs_layout(tok):
+    pairs = _pairs(tok)
+    batch = pad_pairs(pairs, tok.pad_token_id)
+    width = max(len(p.ids) for p in pairs)
+    assert batch.input_ids.shape == (len(pairs), width)
+    for i, p in enumerate(pairs):
+        assert batch.input_ids[i, : len(p.ids)].tolist() == p.ids
+        assert (batch.input_ids[i, len(p.ids) :] == tok.pad_token_id).all()
+        assert batch.attention_mask[i].sum() == len(p.ids)
+        assert batch.score_mask[i].nonzero().flatten().tolist() == list(
+            range(p.prompt_len, len(p.ids))
+        )
+
+
+def test_sequence_rewards_match_manual(tok, model):
+    pairs = _pairs(tok)
+    with torch.no_grad():
+        got = sequence_rewards(model, pad_pairs(pairs, tok.pad_token_id))
+    expected = torch.tensor([_manual_reward(model, p) for p in pairs], dtype=got.dtype)
+    assert got.shape == (len(pairs),)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert (got < 0).all()
+
+
+def test_token_log_probs_zero_outside_scored_span(tok, model):
+    batch = pad_pairs(_pairs(tok), tok.pad_token_id)
+    with torch.no_grad():
+        logp = token_log_probs(model, batch)
+    assert logp.shape == batch.input_ids.shape
+    assert (logp[~batch.score_mask] == 0).all()
+    assert (logp[batch.score_mask] < 0).all()
+
+
+def test_padding_invariance(tok, model):
+    short = encode_pairs(tok, ["rev ab"], [["ba"]])[0]
+    long = encode_pairs(tok, ["rev " + "abcdefghij" * 6], [["jihgfedcba" * 6]])[0]
+    assert len(long.ids) > 4 * len(short.ids)
+    with torch.no_grad():
+        alone = sequence_rewards(model, pad_pairs([short], tok.pad_token_id))
+        batched = sequence_rewards(model, pad_pairs([long, short, long], tok.pad_token_id))
+    torch.testing.assert_close(batched[1], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched[0], batched[2], atol=1e-6, rtol=0)
+
+
+def test_score_pairs_chunking_equals_one_batch(tok, model):
+    pairs = _pairs(tok) + encode_pairs(tok, ["rev " + "abc" * 10], [["cba" * 10, "x"]])
+    lengths = [len(p.ids) for p in pairs]
+    full = score_pairs(model, pairs, tok.pad_token_id, max_tokens=10**6)
+    assert len(token_budget_chunks(lengths, 10**6)) == 1
+    for budget in (1, 40, 3 * max(lengths)):
+        chunked = score_pairs(model, pairs, tok.pad_token_id, max_tokens=budget)
+        assert len(token_budget_chunks(lengths, budget)) > 1
+        torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        direct = sequence_rewards(model, pad_pairs(pairs, tok.pad_token_id))
+    torch.testing.assert_close(full, direct, atol=1e-5, rtol=0)
+
+
+def test_token_budget_chunks_cover_and_respect_budget():
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 50) for _ in range(rng.randint(1, 30))]
+        budget = rng.randint(1, 400)
+        chunks = token_budget_chunks(lengths, budget)
+        flat = sorted(i for c in chunks for i in c)
+        assert flat == list(range(len(lengths)))  # every index exactly once
+        for chunk in chunks:
+            assert chunk
+            padded = max(lengths[i] for i in chunk) * len(chunk)
+            assert padded <= budget or len(chunk) == 1
+    assert token_budget_chunks([], 10) == []
+    assert token_budget_chunks([5, 5, 5, 5], 10) == [[0, 1], [2, 3]]
+
+
+def test_gradients_flow(tok, make_model):
+    m = make_model(seed=3).train()
+    batch = pad_pairs(_pairs(tok), tok.pad_token_id)
+    rewards = sequence_rewards(m, batch)
+    assert rewards.requires_grad
+    rewards.mean().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    # one step of gradient ascent on the reward increases it
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(p.grad, alpha=0.5)
+        after = sequence_rewards(m, batch)
+    assert after.mean() > rewards.mean()

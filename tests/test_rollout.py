@@ -1,0 +1,137 @@
+"""Tests for sampling and rollout collection (pad_lightning.rollout)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pad_lightning.calibration import mix, pairwise_selection_log_probs
+from pad_lightning.chat import encode_pairs
+from pad_lightning.rewards import score_pairs
+from pad_lightning.rollout import CalibrationConfig, SamplingConfig, collect, generate
+
+PROMPTS = ["rev abc", "sort 3 1 2", "123+456="]
+LONG_PROMPT = "rev " + "abcdefghij" * 5
+
+
+def test_generate_shapes_and_flags(tok, model):
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=24, batch_size=256)
+    torch.manual_seed(0)
+    gens = generate(model, tok, PROMPTS, 8, sampling)
+    assert len(gens.texts) == len(PROMPTS)
+    assert all(len(group) == 8 for group in gens.texts)
+    assert gens.lengths.shape == gens.truncated.shape == (len(PROMPTS) * 8,)
+    assert gens.truncated.dtype == torch.bool
+    assert (gens.lengths >= 1).all()
+    assert (gens.lengths <= sampling.max_new_tokens).all()  # the stop token counts
+    # truncated <=> no stop token within max_new_tokens <=> all max_new_tokens used
+    torch.testing.assert_close(gens.truncated, gens.lengths == sampling.max_new_tokens)
+    assert gens.truncated.any() and (~gens.truncated).any()  # both cases exercised
+    texts = [t for group in gens.texts for t in group]
+    for text, length, trunc in zip(
+        texts, gens.lengths.tolist(), gens.truncated.tolist(), strict=True
+    ):
+        # one character per token; special tokens are dropped; the stop token is not text
+        assert len(text) <= length - (0 if trunc else 1)
+        assert "<|end|>" not in text
+
+
+def test_generate_does_not_change_training_mode(tok, make_model):
+    m = make_model(seed=0).train()
+    generate(m, tok, PROMPTS[:1], 2, SamplingConfig(max_new_tokens=3))
+    assert m.training
+    m.eval()
+    generate(m, tok, PROMPTS[:1], 2, SamplingConfig(max_new_tokens=3))
+    assert not m.training
+
+
+def test_greedy_deterministic(tok, sharp_model):
+    sampling = SamplingConfig(max_new_tokens=10)
+    a = generate(sharp_model, tok, PROMPTS, 4, sampling, greedy=True)
+    b = generate(sharp_model, tok, PROMPTS, 4, sampling, greedy=True)
+    assert all(len(group) == 1 for group in a.texts)  # greedy: one answer per prompt
+    assert a.texts == b.texts
+    assert all(group[0] for group in a.texts)  # non-empty, so the comparison means something
+    assert len({group[0] for group in a.texts}) == len(PROMPTS)
+
+
+def test_sampling_seeded(tok, model):
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=10)
+    runs = {}
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        runs.setdefault(seed, []).append(generate(model, tok, PROMPTS, 4, sampling).texts)
+    assert runs[0][0] == runs[0][1]  # same seed, same samples
+    assert runs[0][0] != runs[1][0]  # different seed, different samples
+    # samples of one prompt differ from each other at temperature 1
+    assert all(len(set(group)) > 1 for group in runs[0][0])
+
+
+def test_left_padding_does_not_change_greedy_output(tok, sharp_model):
+    sampling = SamplingConfig(max_new_tokens=12)
+    for prompt in PROMPTS:
+        alone = generate(sharp_model, tok, [prompt], 1, sampling, greedy=True)
+        batched = generate(sharp_model, tok, [LONG_PROMPT, prompt], 1, sampling, greedy=True)
+        assert batched.texts[1] == alone.texts[0], prompt
+        torch.testing.assert_close(batched.lengths[1:], alone.lengths)
+        torch.testing.assert_close(batched.truncated[1:], alone.truncated)
+
+
+def test_generate_in_several_calls(tok, sharp_model):
+    """A small batch_size splits prompts over several generate calls; results are unchanged."""
+    one = generate(sharp_model, tok, PROMPTS, 1, SamplingConfig(max_new_tokens=8), greedy=True)
+    split = generate(
+        sharp_model, tok, PROMPTS, 1, SamplingConfig(max_new_tokens=8, batch_size=1), greedy=True
+    )
+    assert split.texts == one.texts
+    torch.testing.assert_close(split.lengths, one.lengths)
+    sampled = generate(sharp_model, tok, PROMPTS, 3, SamplingConfig(max_new_tokens=4, batch_size=4))
+    assert [len(g) for g in sampled.texts] == [3, 3, 3]
+    assert sampled.lengths.shape == (9,)
+
+
+def _check_rollout(roll, tok, teacher, prompts, n):
+    assert roll.texts and len(roll.texts) == len(prompts)
+    assert all(len(g) == n for g in roll.texts)
+    for name in ("teacher_rewards", "teacher_scores", "lengths", "truncated"):
+        assert getattr(roll, name).shape == (len(prompts), n), name
+    assert len(roll.student_pairs) == len(prompts) * n
+    expected = score_pairs(teacher, encode_pairs(tok, prompts, roll.texts), tok.pad_token_id)
+    torch.testing.assert_close(roll.teacher_rewards, expected.view(len(prompts), n))
+    assert (roll.teacher_rewards < 0).all()
+
+
+@pytest.mark.parametrize("debias", [True, False])
+def test_collect_mcq(tok, model, teacher, debias):
+    prompts, n = PROMPTS[:2], 3
+    calibration = CalibrationConfig(name="mcq", alpha=0.8, debias=debias)
+    torch.manual_seed(0)
+    roll = collect(
+        model, tok, teacher, tok, prompts, n, SamplingConfig(max_new_tokens=6), calibration
+    )
+    _check_rollout(roll, tok, teacher, prompts, n)
+    log_p_sel, tokens = pairwise_selection_log_probs(teacher, tok, prompts, roll.texts, debias)
+    torch.testing.assert_close(roll.log_p_sel, log_p_sel)
+    assert roll.tokens["calibration"] == tokens
+    torch.testing.assert_close(roll.teacher_scores, mix(roll.teacher_rewards, log_p_sel, 0.8))
+    assert (roll.log_p_sel <= 0).all()
+    assert {"generation", "teacher_scoring", "calibration"} <= set(roll.seconds)
+
+
+def test_collect_without_calibration(tok, model, teacher):
+    prompts, n = PROMPTS, 2
+    torch.manual_seed(1)
+    roll = collect(
+        model,
+        tok,
+        teacher,
+        tok,
+        prompts,
+        n,
+        SamplingConfig(max_new_tokens=6),
+        CalibrationConfig(name="none"),
+    )
+    _check_rollout(roll, tok, teacher, prompts, n)
+    assert roll.log_p_sel is None
+    torch.testing.assert_close(roll.teacher_scores, roll.teacher_rewards)
+    assert "calibration" not in roll.tokens
