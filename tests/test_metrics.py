@@ -56,11 +56,6 @@ def test_kendall_tau_known_values_and_constant_rows():
     assert kendall_tau(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0,)
 
 
-@pytest.mark.xfail(
-    reason="bug: metrics.kendall_tau crashes (IndexError in torchmetrics) for a single row, "
-    "a [1, n] input, because a.T of shape [n, 1] is treated as single-output and unsqueezed",
-    strict=True,
-)
 def test_kendall_tau_single_row():
     tau = kendall_tau(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 3.0, 2.0]]))
     assert tau.shape == (1,)

@@ -10,6 +10,8 @@ def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Kendall tau-b between the rows of a and b, [P, n] -> [P]; NaN for constant rows."""
     if a.shape[0] == 0:
         return a.new_zeros(0)
+    if a.shape[0] == 1:  # torchmetrics reads a single column as one 1-D output
+        return kendall_tau(a.expand(2, -1), b.expand(2, -1))[:1]
     tau = kendall_rank_corrcoef(a.T.double(), b.T.double(), variant="b")
     return tau.reshape(-1).float()
 

@@ -16,11 +16,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import warnings  # noqa: E402
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .validation import ConfigError, check  # noqa: E402
 
+warnings.filterwarnings("ignore", message=r".*(LeafSpec|litlogger|does not have many workers).*")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 

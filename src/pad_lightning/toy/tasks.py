@@ -44,7 +44,7 @@ def split_of(prompt: str) -> str:
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Problem:
     prompt: str
     reference: str

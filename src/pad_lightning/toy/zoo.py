@@ -174,6 +174,7 @@ class _EarlyStopOnAccuracy(Callback):
             return
         acc = answer_accuracy(pl_module.model, self.tokenizer, self.problems)["exact_match"]
         self.history.append((step, acc))
+        console.print(f"  step {step}: validation exact match {acc:.1%}")
         pl_module.log("val_exact_match", acc, prog_bar=True)
         if acc >= self.target:
             trainer.should_stop = True
