@@ -79,3 +79,12 @@ def test_non_extending_template_raises():
     )
     with pytest.raises(ChatTemplateError, match="does not extend"):
         encode_pairs(tok, ["rev abc"], [["cba"]])
+
+
+def test_unfinished_responses_are_scored_without_the_end_marker(tok):
+    from pad_lightning.chat import encode_pairs
+
+    done, cut = encode_pairs(tok, ["rev abc"], [["cba", "cba"]], finished=[[True, False]])
+    assert tok.decode(done.ids[done.prompt_len :]) == "cba<|end|>"
+    assert tok.decode(cut.ids[cut.prompt_len :]) == "cba"
+    assert done.ids[: done.prompt_len] == cut.ids[: cut.prompt_len]

@@ -96,7 +96,10 @@ def _check_rollout(roll, tok, teacher, prompts, n):
     for name in ("teacher_rewards", "teacher_scores", "lengths", "truncated"):
         assert getattr(roll, name).shape == (len(prompts), n), name
     assert len(roll.student_pairs) == len(prompts) * n
-    expected = score_pairs(teacher, encode_pairs(tok, prompts, roll.texts), tok.pad_token_id)
+    finished = (~roll.truncated).tolist()
+    expected = score_pairs(
+        teacher, encode_pairs(tok, prompts, roll.texts, finished=finished), tok.pad_token_id
+    )
     torch.testing.assert_close(roll.teacher_rewards, expected.view(len(prompts), n))
     assert (roll.teacher_rewards < 0).all()
 

@@ -19,20 +19,32 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ, PAD_LIGHTNING_CACHE=str(tmp / "cache"), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        PAD_LIGHTNING_CACHE=str(tmp / "cache"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 
 
 def _cmd(tmp: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "pad_lightning.run", "experiment=smoke",
-            f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "pad_lightning.run",
+        "experiment=smoke",
+        f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db",
+        *overrides,
+    ]
 
 
 def run(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_cmd(tmp, *overrides), cwd=tmp, env=_env(tmp), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        _cmd(tmp, *overrides), cwd=tmp, env=_env(tmp), capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
@@ -55,13 +67,21 @@ def test_default_run_writes_summary_and_prints_its_path_last(smoke_run):
     assert Path(last_line) == tmp / "run" / "summary.json"
     summary = json.loads(Path(last_line).read_text())
     for side in ("before", "after"):
-        for key in ("exact_match", "quality", "teacher_reward", "kendall_tau", "top1_agreement",
-                    "loss", "teacher_q_tau"):
+        for key in (
+            "exact_match",
+            "quality",
+            "teacher_reward",
+            "kendall_tau",
+            "top1_agreement",
+            "loss",
+            "teacher_q_tau",
+        ):
             assert key in summary[side]
         assert 0.0 <= summary[side]["exact_match"] <= 1.0
         assert 0.0 <= summary[side]["loss"] <= 0.7  # a JSD in nats is at most ln 2
     assert summary["delta"]["quality"] == pytest.approx(
-        summary["after"]["quality"] - summary["before"]["quality"])
+        summary["after"]["quality"] - summary["before"]["quality"]
+    )
     for part in ("generation", "teacher_scoring", "calibration", "training", "other"):
         assert summary["timings"][f"mean_{part}_s"] > 0
     assert summary["timings"]["epochs"] == 3
@@ -77,16 +97,24 @@ def test_mlflow_run_has_params_metrics_and_artifacts(smoke_run):
     assert "calibration.template" in run_.data.params
     history = client.get_metric_history(run_.info.run_id, "train/loss")
     assert len(history) == 3 * 2  # 3 epochs x 2 optimizer steps (8 prompts, batches of 4)
-    for key in ("rollout/distinct_fraction", "time/generation_s", "time/training_s",
-                "before/exact_match", "after/exact_match", "val/exact_match"):
+    for key in (
+        "rollout/distinct_fraction",
+        "time/generation_s",
+        "time/training_s",
+        "before/exact_match",
+        "after/exact_match",
+        "val/exact_match",
+    ):
         assert key in run_.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
     assert {"config.yaml", "overrides.yaml", "summary.json", "student", "rollouts"} <= artifacts
     tables = {a.path for a in client.list_artifacts(run_.info.run_id, "rollouts")}
     assert "rollouts/epoch_0000.json" in tables
-    table = json.loads(Path(client.download_artifacts(run_.info.run_id,
-                                                      "rollouts/epoch_0000.json",
-                                                      str(tmp))).read_text())
+    table = json.loads(
+        Path(
+            client.download_artifacts(run_.info.run_id, "rollouts/epoch_0000.json", str(tmp))
+        ).read_text()
+    )
     assert set(table["columns"]) >= {"prompt", "response", "teacher_score"}
     assert len(table["data"]) == 8 * 4  # sample_log_prompts x n
 
@@ -107,9 +135,19 @@ def test_checkpoint_has_student_only_and_student_folder_loads(smoke_run):
 
 def test_multirun_logs_one_mlflow_run_per_job(tmp_path):
     proc = subprocess.run(
-        _cmd(tmp_path, "trainer.max_epochs=1", "--multirun", "n=2,4",
-             f"hydra.sweep.dir={tmp_path}/sweep"),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+        _cmd(
+            tmp_path,
+            "trainer.max_epochs=1",
+            "--multirun",
+            "n=2,4",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ),
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert len(summaries) == 2
@@ -122,8 +160,14 @@ def test_multirun_logs_one_mlflow_run_per_job(tmp_path):
 def test_killed_run_resumes_into_the_same_mlflow_run(tmp_path):
     run_dir = tmp_path / "run"
     cmd = _cmd(tmp_path, "trainer.max_epochs=40", f"hydra.run.dir={run_dir}")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -144,8 +188,12 @@ def test_killed_run_resumes_into_the_same_mlflow_run(tmp_path):
 
 
 def test_self_teacher_control_is_one_override(tmp_path):
-    proc = run(tmp_path, "model.teacher.zoo=student", "trainer.max_epochs=1",
-               f"hydra.run.dir={tmp_path}/run")
+    proc = run(
+        tmp_path,
+        "model.teacher.zoo=student",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
     params = _client(tmp_path).get_run(summary["mlflow_run_id"]).data.params
     assert params["model.teacher.zoo"] == "student"
@@ -153,9 +201,14 @@ def test_self_teacher_control_is_one_override(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("n=1", "n=1"), ("calibration.alpha=1.5", "calibration.alpha"),
-     ("rollout.temperature=-1", "rollout.temperature"), ("loss.name=nope", "loss.name"),
-     ("n=16", "n=16"), ("model.zoo.cache_dir=/proc/forbidden", "model.zoo.cache_dir")],
+    [
+        ("n=1", "n=1"),
+        ("calibration.alpha=1.5", "calibration.alpha"),
+        ("rollout.temperature=-1", "rollout.temperature"),
+        ("loss.name=nope", "loss.name"),
+        ("n=16", "n=16"),
+        ("model.zoo.cache_dir=/proc/forbidden", "model.zoo.cache_dir"),
+    ],
 )
 def test_bad_config_stops_at_start_with_one_line(tmp_path, override, key):
     proc = run(tmp_path, override, check=False)

@@ -65,18 +65,45 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) 
     return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 
+def unfinished_suffix(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict],
+    response: str,
+    prefix: str | None = None,
+) -> str:
+    """The scored text of a response that hit the token limit: no end-of-turn marker.
+
+    The marker is the text the template closes an empty assistant turn with; scoring it after a
+    response that never ended would let the student lower such responses' reward by making the
+    marker less likely, i.e. by learning not to stop (measured: truncations grew to 37%).
+    """
+    full = response_suffix(tokenizer, prompt, response, prefix)
+    closing = response_suffix(tokenizer, prompt, "", prefix)
+    return full[: len(full) - len(closing)] if closing and full.endswith(closing) else full
+
+
 def encode_pairs(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str | list[dict]],
     responses: list[list[str]],
     max_length: int | None = None,
+    finished: list[list[bool]] | None = None,
 ) -> list[EncodedPair]:
-    """Encode every (prompt, response) pair, prompts given once for their n responses."""
+    """Encode every (prompt, response) pair, prompts given once for their n responses.
+
+    `finished[i][j]` False marks a response cut at the generation limit (scored without the
+    end-of-turn marker it never produced); by default every response counts as finished.
+    """
     out: list[EncodedPair] = []
-    for prompt, group in zip(prompts, responses, strict=True):
+    for i, (prompt, group) in enumerate(zip(prompts, responses, strict=True)):
         prefix = prompt_text(tokenizer, prompt)
         prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        suffixes = [response_suffix(tokenizer, prompt, r, prefix) for r in group]
+        suffixes = [
+            response_suffix(tokenizer, prompt, r, prefix)
+            if finished is None or finished[i][j]
+            else unfinished_suffix(tokenizer, prompt, r, prefix)
+            for j, r in enumerate(group)
+        ]
         suffix_ids = tokenizer(suffixes, add_special_tokens=False)["input_ids"]
         for ids in suffix_ids:
             full = prefix_ids + ids

@@ -48,7 +48,8 @@ def evaluate(
     if all(r is not None for r in refs):
         out["exact_match"] = sum(map(exact_match, answers, refs)) / len(refs)
         out["quality"] = sum(map(quality, answers, refs)) / len(refs)
-    pairs = encode_pairs(tok_t, prompts, [[a] for a in answers])
+    finished = (~greedy.truncated).view(-1, 1).tolist()
+    pairs = encode_pairs(tok_t, prompts, [[a] for a in answers], finished=finished)
     out["teacher_reward"] = float(
         score_pairs(
             teacher,
@@ -60,6 +61,7 @@ def evaluate(
         ).mean()
     )
     out["answer_length"] = float(greedy.lengths.mean())
+    out["answer_truncated"] = float(greedy.truncated.float().mean())
 
     roll = collect(
         student,

@@ -105,6 +105,7 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path:
         optim,
         EvalConfig(cfg.n, sampling, cal, rollout.max_tokens),
         total_steps=cfg.trainer.max_epochs * steps_per_epoch,
+        inference_dtype=cfg.trainer.inference_dtype,
     )
     datamodule = RolloutDataModule(
         train, val, test, rollout, sampling, cal, cfg.seed, cfg.data.eval_batch_size

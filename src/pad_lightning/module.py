@@ -12,6 +12,8 @@ from .evaluation import EvalConfig, evaluate
 from .rewards import PaddedBatch, sequence_rewards
 from .sft import cosine_with_warmup
 
+INFERENCE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
+
 
 @dataclass
 class LossConfig:
@@ -45,6 +47,7 @@ class PADModule(L.LightningModule):
         optim: OptimConfig,
         evaluation: EvalConfig,
         total_steps: int,
+        inference_dtype: str = "bfloat16",
     ):
         super().__init__()
         self.student = student
@@ -53,6 +56,7 @@ class PADModule(L.LightningModule):
         self.loss_cfg, self.optim_cfg, self.eval_cfg = loss, optim, evaluation
         self.loss_fn = losses.LOSSES[loss.name]
         self.total_steps = total_steps
+        self.inference_dtype = inference_dtype
         self.eval_tag = "val"
         self.strict_loading = False  # checkpoints hold the student only
 
@@ -112,12 +116,8 @@ class PADModule(L.LightningModule):
         self._eval_step(problems)
 
     def _autocast_dtype(self) -> torch.dtype | None:
-        precision = str(self.trainer.precision) if self._trainer is not None else "32"
-        return (
-            torch.bfloat16
-            if precision.startswith("bf16")
-            else (torch.float16 if precision.startswith("16") else None)
-        )
+        """Autocast dtype of the no-grad passes: generation, teacher scoring, calibration."""
+        return INFERENCE_DTYPES[self.inference_dtype]
 
     # -- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -153,8 +153,9 @@ def collect(
     seconds["generation"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    student_pairs = encode_pairs(student_tokenizer, prompts, gens.texts)
-    teacher_pairs = encode_pairs(teacher_tokenizer, prompts, gens.texts)
+    finished = (~gens.truncated).view(len(prompts), n).tolist()
+    student_pairs = encode_pairs(student_tokenizer, prompts, gens.texts, finished=finished)
+    teacher_pairs = encode_pairs(teacher_tokenizer, prompts, gens.texts, finished=finished)
     pad_id = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
     device = next(teacher.parameters()).device
     rewards = score_pairs(teacher, teacher_pairs, pad_id, max_tokens, device, autocast_dtype)

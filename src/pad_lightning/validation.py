@@ -93,6 +93,11 @@ def check(cfg) -> None:
     _require(
         cfg.trainer.max_epochs >= 1, f"trainer.max_epochs={cfg.trainer.max_epochs!r}: must be >= 1"
     )
+    _require(
+        cfg.trainer.inference_dtype in ("bfloat16", "float16", "float32"),
+        f"trainer.inference_dtype={cfg.trainer.inference_dtype!r}: valid: bfloat16, "
+        "float16, float32",
+    )
     _require(cfg.trainer.optim.lr > 0, f"trainer.optim.lr={cfg.trainer.optim.lr!r}: must be > 0")
 
     if cfg.data.name == "toy":

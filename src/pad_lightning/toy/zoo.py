@@ -50,8 +50,10 @@ class ModelSpec:
     batch_size: int = 128
     lr: float = 3e-3
     warmup_steps: int = 50
-    target_accuracy: float = 1.0  # stop once validation exact match reaches this
-    mcq_fraction: float = 0.0  # share of batches that teach the MCQ judge prompt
+    eval_every: int = 50  # SFT steps between validation checks (early stop at target_accuracy)
+    target_accuracy: float = 1.0  # stop answer training once validation exact match reaches this
+    judge_steps: int = 0  # second phase: steps that mix MCQ judge questions into answer batches
+    mcq_fraction: float = 0.5  # share of second-phase batches that are judge questions
     mcq_max_options: int = 4
 
 
@@ -60,7 +62,6 @@ class ZooConfig:
     cache_dir: str = "~/.cache/pad-lightning/zoo"
     tasks: list[str] = field(default_factory=lambda: ["reverse"])
     seed: int = 0
-    eval_every: int = 100
     eval_size: int = 256
     judge_temperature: float = 0.1
     judge_template: str = DEFAULT_TEMPLATE
@@ -119,16 +120,22 @@ class _BatchMaker:
     """Deterministic batch `step`: task answers, or (with mcq_fraction) judge questions."""
 
     def __init__(
-        self, cfg: ZooConfig, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, role: str
+        self,
+        cfg: ZooConfig,
+        spec: ModelSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        role: str,
+        mcq_fraction: float = 0.0,
     ):
         self.cfg, self.spec, self.tokenizer, self.role = cfg, spec, tokenizer, role
+        self.mcq_fraction = mcq_fraction
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
-        rng = random.Random(f"{self.cfg.seed}-{self.role}-{step}")
+        rng = random.Random(f"{self.cfg.seed}-{self.role}-{self.mcq_fraction}-{step}")
         problems = sample_problems(
             self.cfg.tasks, "train", self.spec.batch_size, seed=rng.randrange(2**31), unique=False
         )
-        if rng.random() < self.spec.mcq_fraction:
+        if rng.random() < self.mcq_fraction:
             pairs = [
                 judge_example(
                     p,
@@ -180,40 +187,84 @@ class _EarlyStopOnAccuracy(Callback):
             trainer.should_stop = True
 
 
-def train_model(
-    cfg: ZooConfig, spec: ModelSpec, tokenizer, role: str
-) -> tuple[torch.nn.Module, dict]:
-    """SFT one zoo model with Lightning; stop at its target validation accuracy."""
-    L.seed_everything(cfg.seed, verbose=False)
-    model = build_model(spec, tokenizer, seed=cfg.seed + (0 if role == "teacher" else 1))
-    module = SFTModule(model, spec.lr, spec.max_steps, spec.warmup_steps)
-    val = sample_problems(cfg.tasks, "val", cfg.eval_size, seed=cfg.seed)
-    stopper = _EarlyStopOnAccuracy(tokenizer, val, cfg.eval_every, spec.target_accuracy)
+def _fit(
+    cfg: ZooConfig,
+    spec: ModelSpec,
+    model,
+    tokenizer,
+    role: str,
+    steps: int,
+    mcq_fraction: float,
+    target: float,
+    val: list[Problem],
+) -> dict:
+    module = SFTModule(model, spec.lr, steps, spec.warmup_steps)
+    stopper = _EarlyStopOnAccuracy(tokenizer, val, spec.eval_every, target)
     trainer = L.Trainer(
-        max_steps=spec.max_steps,
+        max_steps=steps,
         accelerator="cpu",
         devices=1,
         precision=cfg.precision,
+        gradient_clip_val=1.0,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
         callbacks=[stopper, RichProgressBar(leave=True)],
         num_sanity_val_steps=0,
     )
+    maker = _BatchMaker(cfg, spec, tokenizer, role, mcq_fraction)
+    trainer.fit(module, torch.utils.data.DataLoader(BatchStream(maker), batch_size=None))
+    return {"steps": trainer.global_step, "val_history": stopper.history}
+
+
+def train_model(
+    cfg: ZooConfig, spec: ModelSpec, tokenizer, role: str
+) -> tuple[torch.nn.Module, dict]:
+    """SFT one zoo model with Lightning: answers until the target validation accuracy, then
+    (if `judge_steps`) answers mixed with MCQ judge questions. Mixing the judge questions in
+    from the start was measured to stall answer learning, hence the two phases."""
+    L.seed_everything(cfg.seed, verbose=False)
+    model = build_model(spec, tokenizer, seed=cfg.seed + (0 if role == "teacher" else 1))
+    val = sample_problems(cfg.tasks, "val", cfg.eval_size, seed=cfg.seed)
     console.print(
         f"[bold]zoo[/bold]: training {role} "
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params)"
     )
     started = time.perf_counter()
-    loader = torch.utils.data.DataLoader(
-        BatchStream(_BatchMaker(cfg, spec, tokenizer, role)), batch_size=None
+    info = _fit(cfg, spec, model, tokenizer, role, spec.max_steps, 0.0, spec.target_accuracy, val)
+    if spec.judge_steps:
+        console.print(f"[bold]zoo[/bold]: teaching the {role} the MCQ judge prompt")
+        judge = _fit(
+            cfg, spec, model, tokenizer, role, spec.judge_steps, spec.mcq_fraction, 2.0, val
+        )
+        info["judge_steps"] = judge["steps"]
+        info["val_history"] += [(info["steps"] + s, a) for s, a in judge["val_history"]]
+        info["judge_accuracy"] = judge_accuracy(model, tokenizer, val, cfg)
+    info["seconds"] = time.perf_counter() - started
+    return model, info
+
+
+def judge_accuracy(model, tokenizer, problems: list[Problem], cfg: ZooConfig) -> float:
+    """Share of (correct, corrupted) answer pairs, both orders, where the judge prefers the
+    correct one (pairs whose corruption left the answer intact are skipped)."""
+    from ..calibration import option_log_probs, option_token_ids
+    from ..chat import encode_prompt
+
+    rng = random.Random(f"{cfg.seed}-judge-eval")
+    prompts, correct_first = [], []
+    for p in problems:
+        wrong = corrupt(p.reference, rng, "".join(sorted(set(p.reference))))
+        if wrong == p.reference:
+            continue
+        for first_is_correct in (True, False):
+            pair = [p.reference, wrong] if first_is_correct else [wrong, p.reference]
+            prompts.append(encode_prompt(tokenizer, mcq_prompt(p.prompt, pair, cfg.judge_template)))
+            correct_first.append(first_is_correct)
+    logp = option_log_probs(
+        model.eval(), prompts, option_token_ids(tokenizer, 2), tokenizer.pad_token_id
     )
-    trainer.fit(module, loader)
-    return model, {
-        "steps": trainer.global_step,
-        "seconds": time.perf_counter() - started,
-        "val_history": stopper.history,
-    }
+    picks_first = logp[:, 0] > logp[:, 1]
+    return float((picks_first == torch.tensor(correct_first)).float().mean())
 
 
 def ensure_zoo(cfg: ZooConfig) -> Path:
@@ -247,7 +298,15 @@ def ensure_zoo(cfg: ZooConfig) -> Path:
 
 def show_card(card: dict) -> None:
     table = Table(title=f"toy zoo {card['key']}")
-    for col in ("model", "params", "SFT steps", "seconds", "test exact match", "test quality"):
+    for col in (
+        "model",
+        "params",
+        "SFT steps",
+        "seconds",
+        "test exact match",
+        "test quality",
+        "judge accuracy",
+    ):
         table.add_column(col)
     for role, info in card["models"].items():
         table.add_row(
