@@ -45,12 +45,9 @@ def main() -> None:
     args = parser.parse_args()
     dev = torch.device("cuda")
     print(torch.cuda.get_device_name(0), torch.__version__)
-    load = lambda role: (
-        AutoModelForCausalLM.from_pretrained(f"{args.zoo}/{role}").to(dev),  # noqa: E731
-        AutoTokenizer.from_pretrained(f"{args.zoo}/{role}"),
-    )
-    teacher, tok = load("teacher")
-    student, _ = load("student")
+    teacher = AutoModelForCausalLM.from_pretrained(f"{args.zoo}/teacher").to(dev)
+    tok = AutoTokenizer.from_pretrained(f"{args.zoo}/teacher")
+    student = AutoModelForCausalLM.from_pretrained(f"{args.zoo}/student").to(dev)
     teacher.eval()
 
     import random
