@@ -135,13 +135,10 @@ def test_checkpoint_has_student_only_and_student_folder_loads(smoke_run):
 
 def test_multirun_logs_one_mlflow_run_per_job(tmp_path):
     proc = subprocess.run(
-        _cmd(
-            tmp_path,
-            "trainer.max_epochs=1",
+        [
+            *_cmd(tmp_path, "trainer.max_epochs=1", "n=2,4", f"hydra.sweep.dir={tmp_path}/sweep"),
             "--multirun",
-            "n=2,4",
-            f"hydra.sweep.dir={tmp_path}/sweep",
-        ),
+        ],
         cwd=tmp_path,
         env=_env(tmp_path),
         capture_output=True,

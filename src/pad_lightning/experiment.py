@@ -128,8 +128,15 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path:
             logger.experiment.log_artifact(logger.run_id, str(run_dir / name))
 
     rollout_logger = RolloutLogger(cfg.logger.log_rollouts_every, rollout.sample_log_prompts)
+    # The newest epoch checkpoint is kept, and checkpoints/last.ckpt links to it (resume target).
     checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
+        dirpath=run_dir / "checkpoints",
+        filename="epoch{epoch:04d}",
+        auto_insert_metric_name=False,
+        save_top_k=1,
+        save_last="link",
+        every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
+        save_on_train_epoch_end=True,
     )
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,

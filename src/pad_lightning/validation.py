@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from .losses import LOSSES
@@ -22,13 +23,13 @@ def _require(ok: bool, message: str) -> None:
 
 
 def _writable_dir(path: Path) -> bool:
-    """True if `path` exists and is writable, or could be created."""
-    path = path.expanduser()
-    while not path.exists():
-        if path.parent == path:
-            return False
-        path = path.parent
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    """True if `path` can be created (if missing) and a file written in it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
 
 
 def check(cfg) -> None:

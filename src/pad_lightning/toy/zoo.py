@@ -303,9 +303,9 @@ def show_card(card: dict) -> None:
         "params",
         "SFT steps",
         "seconds",
-        "test exact match",
+        "test EM",
         "test quality",
-        "judge accuracy",
+        "judge acc.",
     ):
         table.add_column(col)
     for role, info in card["models"].items():
@@ -316,5 +316,6 @@ def show_card(card: dict) -> None:
             f"{info['seconds']:.0f}",
             f"{info['test']['exact_match']:.1%}",
             f"{info['test']['quality']:.3f}",
+            f"{info['judge_accuracy']:.1%}" if "judge_accuracy" in info else "-",
         )
     console.print(table)
