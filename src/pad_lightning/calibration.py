@@ -14,7 +14,7 @@ import string
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .chat import EncodedPair, encode_prompt
+from .chat import EncodedPair, encode_prompt, pad_id
 from .rewards import pad_pairs, token_budget_chunks
 
 DEFAULT_TEMPLATE = "Q: {question}\n{options}\nBest:"
@@ -114,11 +114,15 @@ def pairwise_selection_log_probs(
             text = mcq_prompt(question, [group[i], group[j]], template)
             encoded.append(encode_prompt(tokenizer, text))
             index.append((p, q))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     p_first = torch.full((len(questions), len(order)), 0.5)
     if encoded:
         logp = option_log_probs(
-            model, encoded, option_token_ids(tokenizer, 2), pad_id, max_tokens, autocast_dtype
+            model,
+            encoded,
+            option_token_ids(tokenizer, 2),
+            pad_id(tokenizer),
+            max_tokens,
+            autocast_dtype,
         )
         rows, cols = zip(*index, strict=True)
         p_first[list(rows), list(cols)] = logp[:, 0].exp()

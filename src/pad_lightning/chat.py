@@ -18,6 +18,11 @@ class ChatTemplateError(ValueError):
     """A tokenizer whose chat template cannot render prompt/response pairs as we need."""
 
 
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id used for padding (padded positions are masked, so any id is correct)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def _messages(prompt: str | list[dict]) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from .chat import pad_id
 from .metrics import distinct_fraction, kendall_tau, nanmean
 from .preference import ranking_entropy
 from .rewards import pad_pairs
@@ -86,16 +87,14 @@ class RolloutDataModule(L.LightningDataModule):
             (roll.student_pairs[i * self.cfg.n : (i + 1) * self.cfg.n], roll.teacher_scores[i])
             for i in range(len(problems))
         ]
-        pad_id = module.student_tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = 0
+        padding = pad_id(module.student_tokenizer)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + trainer.current_epoch)
         return DataLoader(
             items,
             batch_size=self.cfg.batch_size,
             shuffle=True,
             generator=generator,
-            collate_fn=lambda b: collate(b, pad_id),
+            collate_fn=lambda b: collate(b, padding),
         )
 
     def val_dataloader(self) -> DataLoader:

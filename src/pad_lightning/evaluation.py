@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .chat import encode_pairs
+from .chat import encode_pairs, pad_id
 from .metrics import kendall_tau, nanmean, top1_agreement
 from .rewards import score_pairs
 from .rollout import CalibrationConfig, SamplingConfig, collect, generate
@@ -24,10 +24,6 @@ class EvalConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     max_tokens: int = 16384
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 @torch.no_grad()
@@ -54,7 +50,7 @@ def evaluate(
         score_pairs(
             teacher,
             pairs,
-            _pad_id(tok_t),
+            pad_id(tok_t),
             cfg.max_tokens,
             next(teacher.parameters()).device,
             autocast_dtype,
@@ -77,7 +73,7 @@ def evaluate(
     )
     device = next(student.parameters()).device
     r_s = score_pairs(
-        student, roll.student_pairs, _pad_id(tok_s), cfg.max_tokens, device, autocast_dtype
+        student, roll.student_pairs, pad_id(tok_s), cfg.max_tokens, device, autocast_dtype
     ).view(len(prompts), cfg.n)
     out["loss"] = float(module.loss_from_scores(r_s, roll.teacher_scores).mean())
     out["kendall_tau"] = nanmean(kendall_tau(r_s, roll.teacher_scores))

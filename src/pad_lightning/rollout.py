@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .calibration import DEFAULT_TEMPLATE, mix, pairwise_selection_log_probs
-from .chat import EncodedPair, encode_pairs, encode_prompt
+from .chat import EncodedPair, encode_pairs, encode_prompt, pad_id
 from .rewards import score_pairs
 
 
@@ -56,14 +56,14 @@ def generate(
     was_training = model.training
     model.eval()
     stops = stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    padding = pad_id(tokenizer)
     per_call = max(1, sampling.batch_size // (1 if greedy else n))
     texts: list[list[str]] = []
     lengths, truncated = [], []
     for start in range(0, len(prompts), per_call):
         encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + per_call]]
         width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        ids = torch.full((len(encoded), width), padding, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for i, e in enumerate(encoded):  # left padding: generation continues every row's end
             ids[i, width - len(e) :] = torch.tensor(e)
@@ -71,7 +71,7 @@ def generate(
         kwargs = dict(
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=stops,
-            pad_token_id=pad_id,
+            pad_token_id=padding,
             use_cache=True,
         )
         if greedy:
@@ -156,9 +156,10 @@ def collect(
     finished = (~gens.truncated).view(len(prompts), n).tolist()
     student_pairs = encode_pairs(student_tokenizer, prompts, gens.texts, finished=finished)
     teacher_pairs = encode_pairs(teacher_tokenizer, prompts, gens.texts, finished=finished)
-    pad_id = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
     device = next(teacher.parameters()).device
-    rewards = score_pairs(teacher, teacher_pairs, pad_id, max_tokens, device, autocast_dtype)
+    rewards = score_pairs(
+        teacher, teacher_pairs, pad_id(teacher_tokenizer), max_tokens, device, autocast_dtype
+    )
     rewards = rewards.view(len(prompts), n)
     seconds["teacher_scoring"] = time.perf_counter() - started
     tokens = {
