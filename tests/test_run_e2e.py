@@ -214,3 +214,26 @@ def test_bad_config_stops_at_start_with_one_line(tmp_path, override, key):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("config error: ") and key in lines[0]
     assert not (tmp_path / "cache").exists()  # nothing was built before the check
+
+
+def test_ddp_on_two_cpu_processes_writes_one_summary_into_one_mlflow_run(tmp_path):
+    proc = run(
+        tmp_path,
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        f"hydra.run.dir={tmp_path}/run",
+    )
+    printed = [line for line in proc.stdout.splitlines() if line.endswith("summary.json")]
+    assert printed == [str(tmp_path / "run" / "summary.json")]  # rank 0 only
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    state = json.loads((tmp_path / "run" / "run_state.json").read_text())
+    assert state["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert (
+        len(
+            _client(tmp_path).search_runs(
+                [_client(tmp_path).get_experiment_by_name("pad-lightning").experiment_id]
+            )
+        )
+        == 1
+    )

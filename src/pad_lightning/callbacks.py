@@ -46,6 +46,7 @@ class RolloutLogger(L.Callback):
                 prog_bar=True,
                 on_epoch=True,
                 on_step=False,
+                sync_dist=True,
             )
             self._pending = stats
             epoch = trainer.current_epoch

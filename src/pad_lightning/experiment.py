@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -80,13 +81,19 @@ def _configs(cfg: DictConfig) -> tuple:
     return sampling, cal, rollout, loss, optim
 
 
-def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path:
-    """Run one configured experiment; returns the path of its summary.json."""
+def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
+    """Run one configured experiment; returns the path of its summary.json (None off rank 0).
+
+    Under DDP every rank runs this function (Lightning relaunches the command with the same
+    output directory); only global rank 0 writes files, and every rank takes the same branches
+    so that collective calls (test, fit) match.
+    """
     started = time.perf_counter()
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resuming = bool(cfg.resume)
-    if not resuming:
+    is_zero = rank_zero_only.rank == 0
+    if is_zero and not resuming:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -120,8 +127,9 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path:
         run_id=state.get("mlflow_run_id"),
     )
     state["mlflow_run_id"] = logger.run_id
-    state_file.write_text(json.dumps(state, indent=2))
-    if not resuming:
+    if is_zero:
+        state_file.write_text(json.dumps(state, indent=2))
+    if is_zero and not resuming:
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
         (run_dir / "overrides.yaml").write_text("\n".join(overrides) + "\n")
         for name in ("config.yaml", "overrides.yaml"):
@@ -157,11 +165,12 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path:
     )
 
     before_file = run_dir / "before.json"
-    if before_file.exists():
+    if resuming and before_file.exists():
         before = json.loads(before_file.read_text())
     else:
         before = _test(trainer, module, datamodule, "before")
-        before_file.write_text(json.dumps(before, indent=2))
+        if is_zero:
+            before_file.write_text(json.dumps(before, indent=2))
     fit_started = time.perf_counter()
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_ckpt if resuming else None)
@@ -196,7 +205,8 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path:
             {f"delta/{k}": v for k, v in summary["delta"].items()}, step=trainer.global_step
         )
         report(summary)
-    return run_dir / "summary.json"
+        return summary_file
+    return None
 
 
 def _test(trainer: L.Trainer, module: PADModule, datamodule, tag: str) -> dict[str, float]:

@@ -41,7 +41,8 @@ def main(cfg: DictConfig) -> None:
     from .experiment import run_experiment
 
     summary_path = run_experiment(cfg, overrides)
-    print(summary_path)
+    if summary_path is not None:  # global rank 0
+        print(summary_path)
 
 
 def _resumed_config(run_dir: Path) -> tuple[DictConfig, list[str]]:
