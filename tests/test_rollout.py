@@ -121,7 +121,11 @@ def test_collect_mcq(tok, model, teacher, debias):
     assert {"generation", "teacher_scoring", "calibration"} <= set(roll.seconds)
 
 
-def test_collect_without_calibration(tok, model, teacher):
+@pytest.mark.parametrize(
+    "calibration", [CalibrationConfig(name="none"), CalibrationConfig(name="mcq", alpha=0.0)]
+)
+def test_collect_without_calibration(tok, model, teacher, calibration):
+    """calibration=none, and mcq with alpha = 0 (t = r_T exactly), ask no MCQ at all."""
     prompts, n = PROMPTS, 2
     torch.manual_seed(1)
     roll = collect(
@@ -132,9 +136,10 @@ def test_collect_without_calibration(tok, model, teacher):
         prompts,
         n,
         SamplingConfig(max_new_tokens=6),
-        CalibrationConfig(name="none"),
+        calibration,
     )
     _check_rollout(roll, tok, teacher, prompts, n)
     assert roll.log_p_sel is None
+    assert "calibration" not in roll.seconds
     torch.testing.assert_close(roll.teacher_scores, roll.teacher_rewards)
     assert "calibration" not in roll.tokens

@@ -169,7 +169,7 @@ def collect(
 
     log_p_sel = None
     scores = rewards
-    if calibration.name == "mcq":
+    if calibration.name == "mcq" and calibration.alpha > 0:  # alpha = 0: t = r_T exactly
         started = time.perf_counter()
         questions = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
         log_p_sel, tokens["calibration"] = pairwise_selection_log_probs(
