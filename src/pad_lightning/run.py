@@ -23,7 +23,10 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .validation import ConfigError, check  # noqa: E402
 
-warnings.filterwarnings("ignore", message=r".*(LeafSpec|litlogger|does not have many workers).*")
+warnings.filterwarnings(
+    "ignore",
+    message=r".*(LeafSpec|litlogger|does not have many workers|in eval mode at the start).*",
+)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
