@@ -154,7 +154,8 @@ def test_multirun_logs_one_mlflow_run_per_job(tmp_path):
     assert sorted(client.get_run(i).data.params["n"] for i in ids) == ["2", "4"]
 
 
-def test_killed_run_resumes_into_the_same_mlflow_run(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
+def test_killed_run_resumes_into_the_same_mlflow_run(tmp_path, sig):
     run_dir = tmp_path / "run"
     cmd = _cmd(tmp_path, "trainer.max_epochs=40", f"hydra.run.dir={run_dir}")
     proc = subprocess.Popen(
@@ -170,8 +171,8 @@ def test_killed_run_resumes_into_the_same_mlflow_run(tmp_path):
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     assert ckpt.exists(), "no checkpoint appeared"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, sig)
+    assert proc.wait(timeout=120) != 0
     epoch_at_kill = torch.load(ckpt, weights_only=False)["epoch"]
     assert epoch_at_kill < 39
     run_id = json.loads((run_dir / "run_state.json").read_text())["mlflow_run_id"]
