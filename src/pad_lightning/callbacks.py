@@ -30,15 +30,12 @@ class RolloutLogger(L.Callback):
         self._seen_rollout = None
         self._epoch_start = self._batch_start = 0.0
         self._training = 0.0
-        self._rollout_seconds = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._epoch_start, self._training = time.perf_counter(), 0.0
         dm = trainer.datamodule
-        self._rollout_seconds = 0.0
         if dm.last_rollout is not None and dm.last_rollout is not self._seen_rollout:
             self._seen_rollout = dm.last_rollout
-            self._rollout_seconds = sum(dm.last_rollout.seconds.values())
             stats = dict(dm.last_stats)
             pl_module.log(
                 "gen_s",

@@ -17,11 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .chat import pad_id
-from .metrics import distinct_fraction, kendall_tau, nanmean
+from .metrics import distinct_fraction, kendall_tau, nanmean, quality_matrix
 from .preference import ranking_entropy
 from .rewards import pad_pairs
 from .rollout import CalibrationConfig, Rollout, SamplingConfig, collect
-from .toy.tasks import quality
 
 
 @dataclass
@@ -135,11 +134,8 @@ def rollout_stats(roll: Rollout, problems: list, beta_teacher: float = 1.0) -> d
         tokens = roll.tokens.get("generated" if part == "generation" else part)
         if tokens:
             stats[f"throughput/{part}_tokens_per_s"] = tokens / max(seconds, 1e-9)
-    refs = [getattr(p, "reference", None) for p in problems]
-    if all(r is not None for r in refs):
-        q = torch.tensor(
-            [[quality(y, r) for y in g] for g, r in zip(roll.texts, refs, strict=True)]
-        )
+    q = quality_matrix(roll.texts, problems)
+    if q is not None:
         stats["rollout/sample_quality"] = float(q.mean())
         stats["rollout/teacher_q_tau"] = nanmean(kendall_tau(roll.teacher_scores, q))
     return stats

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .chat import encode_pairs, pad_id
-from .metrics import kendall_tau, nanmean, top1_agreement
+from .metrics import answer_metrics, kendall_tau, nanmean, quality_matrix, top1_agreement
 from .rewards import score_pairs
 from .rollout import CalibrationConfig, SamplingConfig, collect, generate
-from .toy.tasks import exact_match, quality
 
 
 @dataclass
@@ -42,8 +41,7 @@ def evaluate(
     )
     answers = [t[0] for t in greedy.texts]
     if all(r is not None for r in refs):
-        out["exact_match"] = sum(map(exact_match, answers, refs)) / len(refs)
-        out["quality"] = sum(map(quality, answers, refs)) / len(refs)
+        out.update(answer_metrics(answers, refs))
     finished = (~greedy.truncated).view(-1, 1).tolist()
     pairs = encode_pairs(tok_t, prompts, [[a] for a in answers], finished=finished)
     out["teacher_reward"] = float(
@@ -78,10 +76,8 @@ def evaluate(
     out["loss"] = float(module.loss_from_scores(r_s, roll.teacher_scores).mean())
     out["kendall_tau"] = nanmean(kendall_tau(r_s, roll.teacher_scores))
     out["top1_agreement"] = float(top1_agreement(r_s, roll.teacher_scores).mean())
-    if all(r is not None for r in refs):
-        q = torch.tensor(
-            [[quality(y, r) for y in group] for group, r in zip(roll.texts, refs, strict=True)]
-        )
+    q = quality_matrix(roll.texts, problems)
+    if q is not None:
         out["teacher_q_tau"] = nanmean(kendall_tau(roll.teacher_scores, q))
         out["student_q_tau"] = nanmean(kendall_tau(r_s, q))
         out["sample_quality"] = float(q.mean())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional import kendall_rank_corrcoef
 
+from .toy.tasks import exact_match, quality
+
 
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Kendall tau-b between the rows of a and b, [P, n] -> [P]; NaN for constant rows."""
@@ -31,3 +33,20 @@ def nanmean(x: torch.Tensor) -> float:
     """Mean over defined entries; NaN if none are."""
     x = x[~torch.isnan(x)]
     return float(x.mean()) if x.numel() else float("nan")
+
+
+def answer_metrics(answers: list[str], references: list[str]) -> dict[str, float]:
+    """Exact match rate and mean quality of one answer per reference."""
+    return {
+        "exact_match": sum(map(exact_match, answers, references)) / len(references),
+        "quality": sum(map(quality, answers, references)) / len(references),
+    }
+
+
+def quality_matrix(texts: list[list[str]], problems: list) -> torch.Tensor | None:
+    """True quality q of every sampled response, [P, n]; None unless every problem has a
+    reference (prompt-only data has no q)."""
+    refs = [getattr(p, "reference", None) for p in problems]
+    if any(r is None for r in refs):
+        return None
+    return torch.tensor([[quality(y, r) for y in g] for g, r in zip(texts, refs, strict=True)])

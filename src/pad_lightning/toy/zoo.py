@@ -29,9 +29,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from ..calibration import DEFAULT_TEMPLATE, LETTERS, mcq_prompt
 from ..chat import encode_pairs
+from ..metrics import answer_metrics
 from ..rollout import SamplingConfig, generate
 from ..sft import BatchStream, SFTModule, sft_batch
-from .tasks import Problem, corrupt, exact_match, quality, sample_problems
+from .tasks import Problem, corrupt, quality, sample_problems
 from .tokenizer import build_char_tokenizer
 
 ZOO_VERSION = 1
@@ -162,12 +163,7 @@ def answer_accuracy(model, tokenizer, problems: list[Problem]) -> dict[str, floa
         SamplingConfig(max_new_tokens=8, batch_size=512),
         greedy=True,
     )
-    answers = [t[0] for t in gens.texts]
-    refs = [p.reference for p in problems]
-    return {
-        "exact_match": sum(map(exact_match, answers, refs)) / len(refs),
-        "quality": sum(map(quality, answers, refs)) / len(refs),
-    }
+    return answer_metrics([t[0] for t in gens.texts], [p.reference for p in problems])
 
 
 class _EarlyStopOnAccuracy(Callback):
