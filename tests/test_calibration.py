@@ -11,12 +11,14 @@ import torch
 
 from pad_lightning.calibration import (
     DEFAULT_TEMPLATE,
+    listwise_orders,
     mcq_prompt,
     mix,
     option_log_probs,
     option_token_ids,
     pairwise_questions,
     pairwise_selection_log_probs,
+    selection_log_probs,
     win_matrix,
 )
 from pad_lightning.chat import encode_prompt
@@ -196,3 +198,77 @@ def test_mix_formula():
     torch.testing.assert_close(mix(r, s, 0.0), r)
     torch.testing.assert_close(mix(r, s, 1.0), s)
     torch.testing.assert_close(mix(r, s, 0.8), 0.2 * r + 0.8 * s)
+
+
+class FakeListLM(torch.nn.Module):
+    """Fake judge over k option letters: logit of letter c = `letter_logit(prefix_sum, c)`."""
+
+    def __init__(self, tok, k, letter_logit):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+        self.vocab, self.ids, self.letter_logit = len(tok), option_token_ids(tok, k), letter_logit
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        logits = torch.zeros(*input_ids.shape, self.vocab) + self.dummy
+        prefix = input_ids.double().cumsum(-1)
+        for c, i in enumerate(self.ids):
+            logits[..., i] = self.letter_logit(prefix, c).float()
+        return SimpleNamespace(logits=logits)
+
+
+def test_listwise_orders():
+    assert listwise_orders(3, debias=False) == [(0, 1, 2)]
+    assert listwise_orders(3, debias=True) == [(0, 1, 2), (1, 2, 0), (2, 0, 1)]
+    orders = listwise_orders(5, debias=True)
+    for position in range(5):  # every response in every position exactly once
+        assert sorted(o[position] for o in orders) == list(range(5))
+
+
+def test_listwise_rotation_removes_position_bias(tok):
+    bias = [2.0, 1.0, 0.5, 0.0]  # a judge that only looks at positions
+    fake = FakeListLM(tok, 4, lambda s, c: torch.full_like(s, bias[c]))
+    responses = [["cba", "abc", "bca", "xyz"], ["1 2", "2 1", "12", "1"]]
+    logp, _ = selection_log_probs(fake, tok, ["rev abc", "q"], responses, "listwise", True)
+    torch.testing.assert_close(logp.exp(), torch.full((2, 4), 0.25))
+    logp, _ = selection_log_probs(fake, tok, ["rev abc", "q"], responses, "listwise", False)
+    torch.testing.assert_close(logp.exp(), torch.softmax(torch.tensor(bias), 0).expand(2, 4))
+
+
+@pytest.mark.parametrize("debias", [True, False])
+def test_listwise_selection_matches_reference(tok, debias):
+    """Whole procedure against a hand implementation (float64), tokens counted."""
+
+    def letter_logit(prefix_sum, c):
+        return 2.0 * torch.sin(0.37 * prefix_sum + 1.3 * c)
+
+    fake = FakeListLM(tok, 3, letter_logit)
+    questions = ["rev abc", "sort 3 1"]
+    responses = [["cba", "cba", "abc"], ["1 3", "3 1", "13"]]
+    logp, n_tokens = selection_log_probs(
+        fake, tok, questions, responses, "listwise", debias, max_tokens=40
+    )
+    expected, tokens = torch.zeros(2, 3, dtype=torch.float64), 0
+    rotations = range(3) if debias else range(1)
+    for p, (q, group) in enumerate(zip(questions, responses, strict=True)):
+        for r in rotations:
+            order = [(i + r) % 3 for i in range(3)]
+            ids = encode_prompt(tok, mcq_prompt(q, [group[i] for i in order]))
+            tokens += len(ids)
+            total = torch.tensor(float(sum(ids)), dtype=torch.float64)
+            probs = torch.softmax(torch.stack([letter_logit(total, c) for c in range(3)]), 0)
+            for c, i in enumerate(order):
+                expected[p, i] += probs[c] / len(rotations)
+    torch.testing.assert_close(logp, expected.log().float(), atol=1e-5, rtol=0)
+    assert n_tokens == tokens
+
+
+def test_calibration_token_cost_vs_paper_scheme(tok):
+    """Debiased listwise at n = 8 costs about the paper's one-order C(n, 2) pairs in tokens."""
+    fake = FakeListLM(tok, 8, lambda s, c: torch.zeros_like(s))
+    responses = [[f"{chr(97 + i)}{'xyz' * (i % 3)}" for i in range(8)]]
+    costs = {}
+    for mode, debias in (("pairwise", False), ("pairwise", True), ("listwise", True)):
+        costs[mode, debias] = selection_log_probs(fake, tok, ["q"], responses, mode, debias)[1]
+    reference = costs["pairwise", False]
+    assert costs["pairwise", True] == 2 * reference
+    assert costs["listwise", True] <= 1.5 * reference

@@ -7,19 +7,59 @@ import math
 import pytest
 import torch
 
-from pad_lightning.losses import LOSSES, decomposed, ppd, ppd_kl, ppd_reverse_kl, vpd
-from pad_lightning.preference import jsd, kl, ranking_log_probs
+from pad_lightning.losses import (
+    DIVERGENCES,
+    LOSSES,
+    decomposed,
+    loss_function,
+    max_group_size,
+    ppd,
+    ppd_kl,
+    ppd_reverse_kl,
+    vpd,
+)
+from pad_lightning.preference import MAX_DP_N, MAX_EXACT_N, jsd, kl, ranking_log_probs
 
 F64 = torch.float64
+# every loss function a config can select: loss=vpd, loss=ppd loss.divergence=jsd|kl|reverse_kl
+ALL = {"vpd": vpd, **{f"ppd-{d}": fn for d, fn in DIVERGENCES.items()}}
 
 
 def test_registry():
-    assert set(LOSSES) == {"ppd", "ppd_kl", "ppd_reverse_kl", "vpd"}
+    assert set(LOSSES) == {"ppd", "vpd"}
+    assert set(DIVERGENCES) == {"jsd", "kl", "reverse_kl"}
+    assert loss_function("ppd") is ppd and loss_function("ppd", "jsd") is ppd
+    assert loss_function("ppd", "kl") is ppd_kl
+    assert loss_function("ppd", "reverse_kl") is ppd_reverse_kl
+    assert loss_function("vpd", "kl") is vpd  # the divergence only applies to PPD
+    with pytest.raises(ValueError, match="valid"):
+        loss_function("ppd", "tv")
+    with pytest.raises(ValueError, match="valid"):
+        loss_function("dpo")
+    assert max_group_size("ppd") == MAX_EXACT_N
+    assert max_group_size("ppd", "kl") == max_group_size("ppd", "reverse_kl") == MAX_DP_N
+    assert max_group_size("vpd") is None
     s, t = torch.randn(3, 4), torch.randn(3, 4)
-    for name, fn in LOSSES.items():
+    for name, fn in ALL.items():
         out = fn(s, t)
         assert out.shape == (3,), name
         assert torch.isfinite(out).all(), name
+
+
+@pytest.mark.parametrize("divergence", ["kl", "reverse_kl"])
+def test_kl_divergences_at_n16(divergence):
+    # beyond enumeration (16! rankings): the subset DP is exact; it vanishes for equal laws,
+    # is shift invariant per row, and its gradient is finite
+    torch.manual_seed(5)
+    fn = loss_function("ppd", divergence)
+    s = torch.randn(4, 16, requires_grad=True)
+    t = torch.randn(4, 16)
+    out = fn(s, t)
+    assert out.shape == (4,) and (out > 0).all()
+    out.sum().backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+    torch.testing.assert_close(fn(t, t), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fn(s.detach() + 3.0, t - 1.0), out.detach(), atol=1e-4, rtol=1e-4)
 
 
 def test_vpd_known_values():
@@ -75,7 +115,7 @@ def test_kl_losses_match_enumeration():
 def test_teacher_gets_no_gradient():
     s = torch.randn(2, 4, requires_grad=True)
     t = torch.randn(2, 4, requires_grad=True)
-    for fn in LOSSES.values():
+    for fn in ALL.values():
         s.grad = t.grad = None
         fn(s, t).sum().backward()
         assert t.grad is None
@@ -93,25 +133,25 @@ def test_gradcheck_losses():
 def test_bf16_inputs():
     s = torch.randn(2, 4).bfloat16().requires_grad_()
     t = torch.randn(2, 4).bfloat16()
-    for fn in LOSSES.values():
+    for fn in ALL.values():
         out = fn(s, t)
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
         out.sum().backward()
         assert s.grad.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_decomposed_full_group_is_plain(name):
-    fn = LOSSES[name]
+    fn = ALL[name]
     torch.manual_seed(3)
     s, t = torch.randn(3, 4, dtype=F64), torch.randn(3, 4, dtype=F64)
     torch.testing.assert_close(decomposed(fn, s, t, 4), fn(s, t))
     torch.testing.assert_close(decomposed(fn, s, t, None), fn(s, t))
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_decomposed_split_two_groups(name):
-    fn = LOSSES[name]
+    fn = ALL[name]
     torch.manual_seed(4)
     s, t = torch.randn(3, 4, dtype=F64), torch.randn(3, 4, dtype=F64)
     expected = fn(s[:, :2], t[:, :2]) + fn(s[:, 2:], t[:, 2:])

@@ -21,7 +21,7 @@ def _checksum(model: torch.nn.Module) -> float:
     return float(sum(p.double().sum() for p in model.parameters()))
 
 
-def _setup(tok, loss="ppd", calibration="mcq", epochs=3):
+def _setup(tok, loss="ppd", calibration="mcq", epochs=3, n=3, rounds=1, reload=1, callbacks=()):
     student, teacher = tiny_model(tok, seed=0), tiny_model(tok, seed=1)
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=6)
     cal = CalibrationConfig(name=calibration, alpha=0.5)
@@ -32,7 +32,7 @@ def _setup(tok, loss="ppd", calibration="mcq", epochs=3):
         tok,
         LossConfig(name=loss),
         OptimConfig(lr=1e-2, warmup_steps=0),
-        EvalConfig(3, sampling, cal),
+        EvalConfig(n, sampling, cal),
         total_steps=epochs * 2,
         inference_dtype="float32",
     )
@@ -42,7 +42,7 @@ def _setup(tok, loss="ppd", calibration="mcq", epochs=3):
         problems,
         val,
         val,
-        RolloutConfig(n=3, prompts_per_epoch=8, batch_size=4),
+        RolloutConfig(n=n, prompts_per_epoch=8, batch_size=4, rounds=rounds),
         sampling,
         cal,
         seed=0,
@@ -54,8 +54,9 @@ def _setup(tok, loss="ppd", calibration="mcq", epochs=3):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        reload_dataloaders_every_n_epochs=1,
+        reload_dataloaders_every_n_epochs=reload,
         limit_val_batches=0,
+        callbacks=list(callbacks),
         num_sanity_val_steps=0,
     )
     return module, dm, trainer
@@ -132,8 +133,72 @@ def test_training_step_loss_matches_the_loss_of_recomputed_rewards(tok, loss):
 def test_rollout_stats_report_identical_groups_and_entropy(tok):
     module, dm, trainer = _setup(tok, epochs=1)
     trainer.fit(module, datamodule=dm)
-    stats = dm.last_stats
+    assert len(dm.epoch_stats) == 1
+    stats = dm.epoch_stats[0]
     assert 0 <= stats["rollout/all_identical_fraction"] <= 1
     assert 1 / 3 <= stats["rollout/distinct_fraction"] <= 1
     assert 0 <= stats["rollout/teacher_ranking_entropy"] <= torch.tensor(6.0).log() + 1e-5
     assert stats["time/generation_s"] > 0 and stats["time/calibration_s"] > 0
+
+
+def _record_collects(monkeypatch, module):
+    seen = []
+    real_collect = dm_mod.collect
+
+    def recording_collect(student, *args, **kwargs):
+        seen.append((_checksum(student), args[4]))  # weights, n
+        return real_collect(student, *args, **kwargs)
+
+    monkeypatch.setattr(dm_mod, "collect", recording_collect)
+    return seen
+
+
+def test_iterative_rounds_sample_after_each_update(tok, monkeypatch):
+    # decomposition=iterative, n = 4 as 2 rounds of k = 2: each round samples from new weights
+    module, dm, trainer = _setup(tok, epochs=2, n=2, rounds=2)
+    seen = _record_collects(monkeypatch, module)
+    trainer.fit(module, datamodule=dm)
+    assert [k for _, k in seen] == [2, 2, 2, 2]  # 2 epochs x 2 rounds of 2 fresh samples
+    assert len({w for w, _ in seen}) == 4
+    assert trainer.global_step == 2 * 2 * 2  # 8 prompts / batch 4 = 2 steps per round
+    assert len(dm.epoch_stats) == 2  # the last epoch's two rounds
+
+
+def test_offline_rollout_is_made_once_and_replayed(tok, monkeypatch):
+    module, dm, trainer = _setup(tok, epochs=3, reload=0)
+    seen = _record_collects(monkeypatch, module)
+    trainer.fit(module, datamodule=dm)
+    assert len(seen) == 1 and trainer.global_step == 3 * 2
+    assert dm.epoch_stats == []  # the replaying epochs made no fresh rollout
+
+
+def test_combine_rounds():
+    rounds = [
+        {"time/generation_s": 1.0, "tokens/generation": 100, "rollout/response_length": 4.0},
+        {"time/generation_s": 3.0, "tokens/generation": 300, "rollout/response_length": 6.0},
+    ]
+    out = dm_mod.combine_rounds(rounds)
+    assert out["time/generation_s"] == 4.0 and out["tokens/generation"] == 400
+    assert out["throughput/generation_tokens_per_s"] == 100.0
+    assert out["rollout/response_length"] == 5.0
+
+
+def test_time_breakdown_per_epoch(tok):
+    from pad_lightning.callbacks import RolloutLogger, time_line
+
+    logger = RolloutLogger(table_every=0, print_every=0)
+    module, dm, trainer = _setup(tok, epochs=2, callbacks=[logger])
+    trainer.fit(module, datamodule=dm)
+    assert len(logger.history) == 2
+    for stats in logger.history:
+        for part in ("generation", "teacher_scoring", "calibration", "training"):
+            assert stats[f"time/{part}_s"] > 0, part
+            assert stats[f"throughput/{part}_tokens_per_s"] > 0, part
+        assert stats["time/other_s"] >= 0 and stats["memory/peak_rss_mb"] > 0
+    # 8 prompts x 3 responses of the last rollout: every row of every batch counted once
+    last = logger.history[-1]
+    assert last["tokens/training"] == sum(len(p.ids) for p in dm.last_rollout.student_pairs)
+    line = time_line(1, 2, logger.history[-1])
+    assert line.startswith("epoch 2/2: generation ") and "tok/s" in line and "peak RSS" in line
+    summary = logger.summary()
+    assert summary["epochs"] == 2 and summary["mean_epoch_s"] > summary["mean_training_s"] > 0

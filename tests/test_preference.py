@@ -10,6 +10,8 @@ import torch
 
 from pad_lightning.preference import (
     MAX_EXACT_N,
+    _dp_layers,
+    _suffix_mask_levels,
     group,
     jsd,
     kl,
@@ -306,3 +308,15 @@ def test_group():
         group(s, 4)
     with pytest.raises(ValueError):
         group(s, 1)
+
+
+def test_cached_tables_built_in_inference_mode_work_under_autograd():
+    # Lightning's test loop runs in inference mode; tables cached there must serve training
+    _dp_layers.cache_clear()
+    _suffix_mask_levels.cache_clear()
+    s, t = torch.randn(2, 5, requires_grad=True), torch.randn(2, 5)
+    with torch.inference_mode():
+        pl_kl(t, s.detach())
+        ranking_log_probs(s.detach())
+    (pl_kl(t, s) + pl_kl(s, t) + jsd(ranking_log_probs(t), ranking_log_probs(s))).sum().backward()
+    assert torch.isfinite(s.grad).all()

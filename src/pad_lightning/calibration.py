@@ -2,8 +2,17 @@
 
 The teacher is asked "which response is best?" as a multiple-choice question rendered in its
 own chat template. Option probabilities are read from the next-token distribution after the
-generation prompt and renormalised over the option letters' token ids. Pairwise mode asks every
-pair; with `debias` it asks both orders and averages, which removes position bias exactly.
+generation prompt and renormalised over the option letters' token ids. All questions of a
+rollout go through the teacher in a few padded, length-sorted passes.
+
+Modes:
+* ``pairwise``: every pair is one two-option question; p_sel(y_i) is y_i's mean win probability.
+  Without `debias` each pair is asked once with the lower index as "A" (the paper code's scheme,
+  C(n, 2) questions); with `debias` both orders are asked and averaged (n (n - 1) questions).
+* ``listwise``: one question lists all n responses; p_sel(y_i) is the probability of y_i's letter.
+  With `debias` it is asked n times with the options rotated cyclically, so every response sits
+  in every position exactly once, and averaged (n questions of n options: about the tokens of the
+  paper's C(n, 2) pairs at n = 8, half those of debiased pairwise).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from .rewards import pad_pairs, token_budget_chunks
 
 DEFAULT_TEMPLATE = "Q: {question}\n{options}\nBest:"
 LETTERS = string.ascii_uppercase
+MODES = ("pairwise", "listwise")
 
 
 def mcq_prompt(question: str, responses: list[str], template: str = DEFAULT_TEMPLATE) -> str:
@@ -89,6 +99,80 @@ def win_matrix(
     return w
 
 
+def listwise_orders(n: int, debias: bool) -> list[tuple[int, ...]]:
+    """Option orders asked for n responses: the identity, or all n cyclic rotations."""
+    return [tuple((i + r) % n for i in range(n)) for r in range(n if debias else 1)]
+
+
+def questions_for(mode: str, n: int, debias: bool) -> list[tuple[int, ...]]:
+    """The option orders (tuples of response indices, option A first) one prompt is asked."""
+    if mode == "pairwise":
+        return pairwise_questions(n, debias)
+    if mode == "listwise":
+        return listwise_orders(n, debias)
+    raise ValueError(f"unknown calibration mode {mode!r}; valid: {', '.join(MODES)}")
+
+
+def selection_probs(
+    option_probs: torch.Tensor, orders: list[tuple[int, ...]], mode: str, n: int, debias: bool
+) -> torch.Tensor:
+    """p_sel [..., n] from the option probabilities [..., Q, k] of the questions `orders`.
+
+    Pairwise: mean win probability over the n - 1 others (win matrix from p(first option)).
+    Listwise: each response's probability averaged over the orders that list it.
+    """
+    if mode == "pairwise":
+        return win_matrix(option_probs[..., 0], orders, n, debias).sum(-1) / (n - 1)
+    index = torch.tensor(orders)  # [Q, n]: response shown as option k of question q
+    p_sel = option_probs.new_zeros((*option_probs.shape[:-2], n))
+    p_sel.index_add_(-1, index.reshape(-1), option_probs.flatten(-2))
+    return p_sel / len(orders)
+
+
+def selection_log_probs(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list,
+    responses: list[list[str]],
+    mode: str = "pairwise",
+    debias: bool = True,
+    template: str = DEFAULT_TEMPLATE,
+    max_tokens: int = 16384,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, int]:
+    """log p_sel of every response, [P, n], and the number of teacher tokens processed.
+
+    All MCQs of all prompts go through the teacher in a few padded passes. Questions whose
+    options are all the same text are not asked: their answer is uniform by symmetry (exact
+    under debiasing, and free of the position bias it would otherwise measure).
+    """
+    n = len(responses[0])
+    orders = questions_for(mode, n, debias)
+    k = len(orders[0])
+    encoded, index = [], []
+    for p, (question, group) in enumerate(zip(questions, responses, strict=True)):
+        for q, order in enumerate(orders):
+            options = [group[i] for i in order]
+            if debias and len(set(options)) == 1:
+                continue
+            encoded.append(encode_prompt(tokenizer, mcq_prompt(question, options, template)))
+            index.append((p, q))
+    option_probs = torch.full((len(questions), len(orders), k), 1.0 / k)
+    if encoded:
+        logp = option_log_probs(
+            model,
+            encoded,
+            option_token_ids(tokenizer, k),
+            pad_id(tokenizer),
+            max_tokens,
+            autocast_dtype,
+        )
+        rows, cols = zip(*index, strict=True)
+        option_probs[list(rows), list(cols)] = logp.exp()
+    p_sel = selection_probs(option_probs, orders, mode, n, debias)
+    return p_sel.clamp_min(1e-12).log(), sum(len(e) for e in encoded)
+
+
 def pairwise_selection_log_probs(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -99,35 +183,18 @@ def pairwise_selection_log_probs(
     max_tokens: int = 16384,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """log mean win probability of every response, [P, n], and the teacher tokens used.
-
-    All MCQs of all prompts go through the teacher in a few padded passes. Pairs of identical
-    texts are not asked: with debiasing their win probability is exactly 1/2.
-    """
-    n = len(responses[0])
-    order = pairwise_questions(n, debias)
-    encoded, index = [], []
-    for p, (question, group) in enumerate(zip(questions, responses, strict=True)):
-        for q, (i, j) in enumerate(order):
-            if debias and group[i] == group[j]:
-                continue
-            text = mcq_prompt(question, [group[i], group[j]], template)
-            encoded.append(encode_prompt(tokenizer, text))
-            index.append((p, q))
-    p_first = torch.full((len(questions), len(order)), 0.5)
-    if encoded:
-        logp = option_log_probs(
-            model,
-            encoded,
-            option_token_ids(tokenizer, 2),
-            pad_id(tokenizer),
-            max_tokens,
-            autocast_dtype,
-        )
-        rows, cols = zip(*index, strict=True)
-        p_first[list(rows), list(cols)] = logp[:, 0].exp()
-    mean_win = win_matrix(p_first, order, n, debias).sum(-1) / (n - 1)
-    return mean_win.clamp_min(1e-12).log(), sum(len(e) for e in encoded)
+    """`selection_log_probs` in pairwise mode: log mean win probability, [P, n], and tokens."""
+    return selection_log_probs(
+        model,
+        tokenizer,
+        questions,
+        responses,
+        "pairwise",
+        debias,
+        template,
+        max_tokens,
+        autocast_dtype,
+    )
 
 
 def mix(teacher_rewards: torch.Tensor, log_p_sel: torch.Tensor, alpha: float) -> torch.Tensor:

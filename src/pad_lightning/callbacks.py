@@ -8,6 +8,8 @@ import time
 import lightning as L
 import torch
 
+from .datamodule import combine_rounds
+
 
 def peak_memory_mb() -> dict[str, float]:
     """Peak resident memory of this process, and peak CUDA allocation when on a GPU."""
@@ -17,60 +19,86 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
-class RolloutLogger(L.Callback):
-    """Logs each new rollout's statistics and the epoch's time breakdown to the logger.
+PARTS = ("generation", "teacher_scoring", "calibration", "training", "validation", "other")
 
-    time/*_s per epoch: generation, teacher_scoring, calibration (from the rollout),
-    training (student forward/backward/step) and other (the rest of the epoch).
+
+def time_line(epoch: int, max_epochs: int, stats: dict[str, float]) -> str:
+    """One terminal line: seconds (and tokens/s) of each part of an epoch, and peak memory."""
+    parts = []
+    for part in PARTS:
+        seconds = stats.get(f"time/{part}_s")
+        if seconds is None or (part == "validation" and seconds == 0):
+            continue
+        rate = stats.get(f"throughput/{part}_tokens_per_s")
+        parts.append(f"{part} {seconds:.2f}s" + (f" ({rate / 1000:.1f}k tok/s)" if rate else ""))
+    memory = f"peak RSS {stats['memory/peak_rss_mb']:.0f} MB"
+    if "memory/peak_cuda_mb" in stats:
+        memory += f", CUDA {stats['memory/peak_cuda_mb']:.0f} MB"
+    return f"epoch {epoch + 1}/{max_epochs}: " + ", ".join(parts) + f"; {memory}"
+
+
+class RolloutLogger(L.Callback):
+    """Logs each epoch's rollout statistics and time breakdown (MLflow and the terminal).
+
+    time/*_s per epoch: generation, teacher_scoring, calibration (summed over the epoch's fresh
+    rollout rounds), training (student forward/backward/step), validation, and other (the rest
+    of the epoch); throughput/*_tokens_per_s for the parts that process tokens; peak memory.
+    A line with the breakdown is printed every `print_every` epochs (0: never).
     """
 
-    def __init__(self, table_every: int = 25, table_prompts: int = 8):
+    def __init__(self, table_every: int = 25, table_prompts: int = 8, print_every: int = 10):
         self.table_every, self.table_prompts = table_every, table_prompts
+        self.print_every = print_every
         self.history: list[dict[str, float]] = []
-        self._seen_rollout = None
-        self._epoch_start = self._batch_start = 0.0
-        self._training = 0.0
+        self._epoch_start = self._batch_start = self._val_start = 0.0
+        self._training = self._validation = 0.0
+        self._training_tokens = 0
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._epoch_start, self._training = time.perf_counter(), 0.0
-        dm = trainer.datamodule
-        if dm.last_rollout is not None and dm.last_rollout is not self._seen_rollout:
-            self._seen_rollout = dm.last_rollout
-            stats = dict(dm.last_stats)
-            pl_module.log(
-                "gen_s",
-                stats.get("time/generation_s", 0.0),
-                prog_bar=True,
-                on_epoch=True,
-                on_step=False,
-                sync_dist=True,
-            )
-            self._pending = stats
-            epoch = trainer.current_epoch
-            last = epoch + 1 >= trainer.max_epochs
-            if self.table_every and (epoch % self.table_every == 0 or last):
-                self._log_table(trainer, epoch)
-        else:
-            self._pending = {}
+        self._epoch_start = time.perf_counter()
+        self._training = self._validation = 0.0
+        self._training_tokens = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._batch_start = time.perf_counter()
+        self._training_tokens += int(batch["attention_mask"].sum())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._training += time.perf_counter() - self._batch_start
 
+    def on_validation_start(self, trainer, pl_module):
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        self._validation += time.perf_counter() - self._val_start
+
     def on_train_epoch_end(self, trainer, pl_module):
-        stats = dict(self._pending)
         elapsed = time.perf_counter() - self._epoch_start
+        dm = trainer.datamodule
+        stats = combine_rounds(dm.epoch_stats)  # empty when the loader replays old rollouts
+        rollout_s = sum(v for k, v in stats.items() if k.startswith("time/"))
         stats["time/training_s"] = self._training
-        stats["time/other_s"] = max(0.0, elapsed - self._training)
+        stats["tokens/training"] = self._training_tokens
+        stats["throughput/training_tokens_per_s"] = self._training_tokens / max(
+            self._training, 1e-9
+        )
+        stats["time/validation_s"] = self._validation
+        stats["time/other_s"] = max(0.0, elapsed - self._training - self._validation - rollout_s)
         stats.update(peak_memory_mb())
-        stats["epoch"] = trainer.current_epoch
+        epoch = trainer.current_epoch
+        stats["epoch"] = epoch
         self.history.append(stats)
-        if trainer.logger is not None and trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        if trainer.logger is not None:
             trainer.logger.log_metrics(
                 {k: v for k, v in stats.items() if k != "epoch"}, step=trainer.global_step
             )
+        last = epoch + 1 >= trainer.max_epochs
+        if dm.epoch_stats and self.table_every and (epoch % self.table_every == 0 or last):
+            self._log_table(trainer, epoch)
+        if self.print_every and ((epoch + 1) % self.print_every == 0 or epoch == 0 or last):
+            print(time_line(epoch, trainer.max_epochs, stats), flush=True)
 
     def _log_table(self, trainer, epoch: int) -> None:
         logger = trainer.logger
@@ -98,10 +126,19 @@ class RolloutLogger(L.Callback):
         )
 
     def summary(self) -> dict[str, float]:
-        """Mean per-epoch seconds of each part over the run (rollout epochs only for rollout parts)."""
+        """Mean per-epoch seconds (and tokens/s) of each part over the run.
+
+        Rollout parts are averaged over the epochs that made a fresh rollout; `mean_epoch_s` is
+        the mean wall time of an epoch (all parts).
+        """
         out: dict[str, float] = {}
-        for key in {k for h in self.history for k in h if k.startswith("time/")}:
+        for key in {k for h in self.history for k in h if k.startswith(("time/", "throughput/"))}:
             values = [h[key] for h in self.history if key in h]
-            out[key.replace("time/", "mean_")] = sum(values) / len(values)
+            name = key.replace("time/", "mean_").replace("throughput/", "mean_")
+            out[name] = sum(values) / len(values)
+        if self.history:
+            out["mean_epoch_s"] = sum(
+                sum(v for k, v in h.items() if k.startswith("time/")) for h in self.history
+            ) / len(self.history)
         out["epochs"] = len(self.history)
         return out

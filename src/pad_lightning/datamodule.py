@@ -1,20 +1,25 @@
 """RolloutDataModule: on-policy rollouts from the current student, every k epochs (or once).
 
 Lightning calls `train_dataloader()` again every `every_n_epochs` epochs
-(`Trainer(reload_dataloaders_every_n_epochs=k)`, 0 = once, the offline mode). Each call samples
-this round's prompts, generates n responses per prompt with the student as it is *now*, scores
-them with the frozen teacher (plus MCQ calibration), and serves batches of whole prompts.
+(`Trainer(reload_dataloaders_every_n_epochs=k)`, 0 = once, the offline mode). Each call draws
+this epoch's prompts; iterating the loader then generates responses with the student as it is
+*now*, scores them with the frozen teacher (plus MCQ calibration), and serves batches of whole
+prompts. With `rounds > 1` (decomposition=iterative) one epoch is `rounds` successive rollouts of
+the same prompts, each sampled after the optimizer steps on the previous one. A reused loader
+(every_n_epochs 0 or > 1) replays its cached rollouts in a fresh order.
 Under DDP every rank rolls out its own shard of the round's prompts.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from .chat import pad_id
 from .metrics import distinct_fraction, kendall_tau, nanmean, quality_matrix
@@ -31,6 +36,7 @@ class RolloutConfig:
     every_n_epochs: int = 1  # 0: generate once (offline, like the paper's public code)
     max_tokens: int = 16384  # padded tokens per teacher forward pass
     sample_log_prompts: int = 8  # prompts per rollout sample table logged to MLflow
+    rounds: int = 1  # decomposition=iterative: n / k on-policy rounds of n = k samples per epoch
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -53,7 +59,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.cfg, self.sampling, self.calibration = rollout, sampling, calibration
         self.seed, self.eval_batch_size = seed, eval_batch_size
         self.last_rollout: Rollout | None = None
-        self.last_stats: dict[str, float] = {}
+        self.epoch_stats: list[dict[str, float]] = []  # one entry per fresh rollout this epoch
 
     def round_problems(self, epoch: int, rank: int = 0, world_size: int = 1) -> list:
         """The prompts of the round starting at `epoch`: a seeded draw, sharded by rank."""
@@ -64,10 +70,17 @@ class RolloutDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        module = trainer.lightning_module
         problems = self.round_problems(
             trainer.current_epoch, trainer.global_rank, trainer.world_size
         )
+        return DataLoader(_EpochRounds(self, problems), batch_size=None)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        return batch.resolve() if isinstance(batch, _PendingBatch) else batch
+
+    def rollout(self, problems: list) -> Rollout:
+        """Sample, score and calibrate one round with the module's current student."""
+        module = self.trainer.lightning_module
         roll = collect(
             module.student,
             module.student_tokenizer,
@@ -81,26 +94,66 @@ class RolloutDataModule(L.LightningDataModule):
             module._autocast_dtype(),
         )
         self.last_rollout = roll
-        self.last_stats = rollout_stats(roll, problems, module.loss_cfg.beta_teacher)
-        items = [
-            (roll.student_pairs[i * self.cfg.n : (i + 1) * self.cfg.n], roll.teacher_scores[i])
-            for i in range(len(problems))
-        ]
-        padding = pad_id(module.student_tokenizer)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + trainer.current_epoch)
-        return DataLoader(
-            items,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            generator=generator,
-            collate_fn=lambda b: collate(b, padding),
-        )
+        self.epoch_stats.append(rollout_stats(roll, problems, module.loss_cfg.beta_teacher))
+        return roll
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_problems, batch_size=self.eval_batch_size, collate_fn=list)
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_problems, batch_size=self.eval_batch_size, collate_fn=list)
+
+
+class _EpochRounds(IterableDataset):
+    """The batches of one epoch: `rounds` rollouts of `problems`, each made when first needed.
+
+    The loader yields `_PendingBatch` references; the DataModule's `on_before_batch_transfer`
+    turns them into tensors right before their optimizer step. Lightning fetches one batch
+    ahead, so making a round's rollout while iterating would sample it before the last step of
+    the previous round; resolving it in the hook keeps every round on the latest weights.
+    """
+
+    def __init__(self, dm: RolloutDataModule, problems: list):
+        self.dm, self.problems = dm, problems
+        self.rollouts: list[Rollout] = []  # cached for loaders reused across epochs
+
+    def __len__(self) -> int:
+        return self.dm.cfg.rounds * math.ceil(len(self.problems) / self.dm.cfg.batch_size)
+
+    def __iter__(self) -> Iterator[_PendingBatch]:
+        dm = self.dm
+        dm.epoch_stats = []
+        size = dm.cfg.batch_size
+        for r in range(dm.cfg.rounds):
+            seed = (dm.seed * 1_000_003 + dm.trainer.current_epoch) * 97 + r
+            order = torch.randperm(
+                len(self.problems), generator=torch.Generator().manual_seed(seed)
+            )
+            for start in range(0, len(order), size):
+                yield _PendingBatch(self, r, order[start : start + size].tolist())
+
+    def rollout(self, r: int) -> Rollout:
+        """Round r's rollout, made now (from the current student) on first use."""
+        while len(self.rollouts) <= r:
+            self.rollouts.append(self.dm.rollout(self.problems))
+        return self.rollouts[r]
+
+
+@dataclass
+class _PendingBatch:
+    """Prompts `indices` of round `r` of an epoch; resolved to tensors just before their step."""
+
+    rounds: _EpochRounds
+    r: int
+    indices: list[int]
+
+    def resolve(self) -> dict[str, torch.Tensor]:
+        roll = self.rounds.rollout(self.r)
+        n = self.rounds.dm.cfg.n
+        items = [
+            (roll.student_pairs[i * n : (i + 1) * n], roll.teacher_scores[i]) for i in self.indices
+        ]
+        return collate(items, pad_id(self.rounds.dm.trainer.lightning_module.student_tokenizer))
 
 
 def collate(items: list, pad_id: int) -> dict[str, torch.Tensor]:
@@ -133,9 +186,25 @@ def rollout_stats(roll: Rollout, problems: list, beta_teacher: float = 1.0) -> d
         stats[f"time/{part}_s"] = seconds
         tokens = roll.tokens.get("generated" if part == "generation" else part)
         if tokens:
+            stats[f"tokens/{part}"] = tokens
             stats[f"throughput/{part}_tokens_per_s"] = tokens / max(seconds, 1e-9)
     q = quality_matrix(roll.texts, problems)
     if q is not None:
         stats["rollout/sample_quality"] = float(q.mean())
         stats["rollout/teacher_q_tau"] = nanmean(kendall_tau(roll.teacher_scores, q))
     return stats
+
+
+def combine_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """One epoch's statistics from its rounds: times and tokens add up, the rest is averaged."""
+    out: dict[str, float] = {}
+    for key in {k for r in rounds for k in r}:
+        values = [r[key] for r in rounds if key in r]
+        if key.startswith(("time/", "tokens/")):
+            out[key] = sum(values)
+        elif not key.startswith("throughput/"):
+            out[key] = sum(values) / len(values)
+    for key in [k for k in out if k.startswith("tokens/")]:
+        part = key[len("tokens/") :]
+        out[f"throughput/{part}_tokens_per_s"] = out[key] / max(out[f"time/{part}_s"], 1e-9)
+    return out

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from .callbacks import RolloutLogger
+from .callbacks import PARTS, RolloutLogger
 from .data import build_problems
 from .datamodule import RolloutConfig, RolloutDataModule
 from .evaluation import EvalConfig
@@ -63,19 +63,25 @@ def _configs(cfg: DictConfig) -> tuple:
         cfg.calibration.debias,
         cfg.calibration.template,
     )
+    dec = cfg.decomposition
+    group_size = dec.group_size if dec.name in ("split", "iterative") else None
+    # iterative: n / k rounds per epoch of k fresh samples each; split: one rollout of n
+    per_round = group_size if dec.name == "iterative" else cfg.n
     rollout = RolloutConfig(
-        cfg.n,
+        per_round,
         roll.prompts_per_epoch,
         roll.batch_size,
         roll.every_n_epochs,
         roll.max_tokens,
         roll.sample_log_prompts,
+        rounds=cfg.n // per_round,
     )
     loss = LossConfig(
         cfg.loss.name,
         cfg.loss.beta_student,
         cfg.loss.beta_teacher,
-        cfg.decomposition.group_size if cfg.decomposition.name == "split" else None,
+        group_size,
+        cfg.loss.get("divergence"),
     )
     optim = OptimConfig(**OmegaConf.to_container(cfg.trainer.optim))
     return sampling, cal, rollout, loss, optim
@@ -100,9 +106,9 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
     L.seed_everything(cfg.seed, verbose=False)
 
     student, tok_s, teacher, tok_t = load_pair(cfg.model)
-    train, val, test = build_problems(cfg.data)
+    train, val, test = build_problems(cfg.data, tokenizer=tok_s)
     sampling, cal, rollout, loss, optim = _configs(cfg)
-    steps_per_epoch = math.ceil(rollout.prompts_per_epoch / rollout.batch_size)
+    steps_per_epoch = rollout.rounds * math.ceil(rollout.prompts_per_epoch / rollout.batch_size)
     module = PADModule(
         student,
         teacher,
@@ -135,7 +141,11 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         for name in ("config.yaml", "overrides.yaml"):
             logger.experiment.log_artifact(logger.run_id, str(run_dir / name))
 
-    rollout_logger = RolloutLogger(cfg.logger.log_rollouts_every, rollout.sample_log_prompts)
+    rollout_logger = RolloutLogger(
+        cfg.logger.log_rollouts_every,
+        rollout.sample_log_prompts,
+        cfg.logger.get("print_time_every", 10),
+    )
     # The newest epoch checkpoint is kept, and checkpoints/last.ckpt links to it (resume target).
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -228,10 +238,15 @@ def report(summary: dict) -> None:
             table.add_row(name, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
     console.print(table)
     times = summary["timings"]
-    parts = ", ".join(
-        f"{k[5:-2]} {v:.2f}s" for k, v in sorted(times.items()) if k.startswith("mean_")
-    )
+    parts = []
+    for part in PARTS:
+        seconds = times.get(f"mean_{part}_s")
+        if seconds is None:
+            continue
+        rate = times.get(f"mean_{part}_tokens_per_s")
+        parts.append(f"{part} {seconds:.2f}s" + (f" ({rate / 1000:.1f}k tok/s)" if rate else ""))
     console.print(
-        f"per epoch: {parts}; fit {times['fit_s']:.0f}s, total {times['total_s']:.0f}s; "
+        f"mean epoch {times.get('mean_epoch_s', 0):.2f}s: {', '.join(parts)}; "
+        f"fit {times['fit_s']:.0f}s, total {times['total_s']:.0f}s; "
         f"MLflow run {summary['mlflow_run_id']}"
     )

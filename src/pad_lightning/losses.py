@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 from pad_lightning.preference import (
+    MAX_DP_N,
+    MAX_EXACT_N,
     group,
     jsd,
     pl_kl,
@@ -20,7 +22,18 @@ from pad_lightning.preference import (
     ranking_log_probs,
 )
 
-__all__ = ["LOSSES", "LossFn", "decomposed", "ppd", "ppd_kl", "ppd_reverse_kl", "vpd"]
+__all__ = [
+    "DIVERGENCES",
+    "LOSSES",
+    "LossFn",
+    "decomposed",
+    "loss_function",
+    "max_group_size",
+    "ppd",
+    "ppd_kl",
+    "ppd_reverse_kl",
+    "vpd",
+]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -60,13 +73,36 @@ def vpd(student_scores: Tensor, teacher_scores: Tensor) -> Tensor:
     return -plackett_luce_log_prob(student_scores, ranking)
 
 
-LOSSES: dict[str, LossFn] = {
-    "ppd": ppd,
-    "ppd_kl": ppd_kl,
-    "ppd_reverse_kl": ppd_reverse_kl,
-    "vpd": vpd,
-}
-"""Loss registry by name."""
+DIVERGENCES: dict[str, LossFn] = {"jsd": ppd, "kl": ppd_kl, "reverse_kl": ppd_reverse_kl}
+"""PPD's divergence between the teacher and student ranking laws, by `loss.divergence`."""
+
+LOSSES: dict[str, LossFn] = {"ppd": ppd, "vpd": vpd}
+"""Loss registry by `loss.name` (PPD with its default divergence, JSD)."""
+
+_MAX_GROUP = {"jsd": MAX_EXACT_N, "kl": MAX_DP_N, "reverse_kl": MAX_DP_N}
+
+
+def loss_function(name: str, divergence: str | None = None) -> LossFn:
+    """The per-prompt loss for `loss.name` (and, for PPD, `loss.divergence`; None = jsd)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid: {sorted(LOSSES)}")
+    if name == "ppd":
+        divergence = divergence or "jsd"
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"unknown divergence {divergence!r}; valid: {sorted(DIVERGENCES)}")
+        return DIVERGENCES[divergence]
+    return LOSSES[name]
+
+
+def max_group_size(name: str, divergence: str | None = None) -> int | None:
+    """Largest number of responses ranked together that a loss computes exactly (None: any).
+
+    JSD enumerates all k! rankings (k <= MAX_EXACT_N); the KLs use the O(2^k k) subset DP
+    (k <= MAX_DP_N); VPD (ListMLE) is O(k log k).
+    """
+    if name == "ppd":
+        return _MAX_GROUP[divergence or "jsd"]
+    return None
 
 
 def decomposed(

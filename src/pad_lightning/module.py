@@ -17,12 +17,13 @@ INFERENCE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float
 
 @dataclass
 class LossConfig:
-    """`name` picks a function of `losses.LOSSES`; scores are beta * reward on each side."""
+    """`name` (and `divergence` for PPD) pick a loss of `losses`; scores are beta * reward."""
 
     name: str = "ppd"
     beta_student: float = 1.0
     beta_teacher: float = 1.0
-    group_size: int | None = None  # decomposition=split: groups of k responses
+    group_size: int | None = None  # decomposition=split|iterative: groups of k responses
+    divergence: str | None = "jsd"  # PPD: jsd | kl | reverse_kl
 
 
 @dataclass
@@ -54,7 +55,7 @@ class PADModule(L.LightningModule):
         self.teacher = teacher.eval().requires_grad_(False)
         self.student_tokenizer, self.teacher_tokenizer = student_tokenizer, teacher_tokenizer
         self.loss_cfg, self.optim_cfg, self.eval_cfg = loss, optim, evaluation
-        self.loss_fn = losses.LOSSES[loss.name]
+        self.loss_fn = losses.loss_function(loss.name, loss.divergence)
         self.total_steps = total_steps
         self.inference_dtype = inference_dtype
         self.eval_tag = "val"

@@ -79,6 +79,20 @@ def _device_key(device: torch.device | str | None) -> torch.device:
     return dev
 
 
+def _normal_tensors(fn):
+    """Build cached index tensors as normal tensors even when first called in inference mode.
+
+    A tensor created under ``torch.inference_mode`` (Lightning's test loop) and cached would
+    later break autograd in training ("Inference tensors cannot be saved for backward").
+    """
+
+    def wrapper(*args):
+        with torch.inference_mode(False):
+            return fn(*args)
+
+    return wrapper
+
+
 def _expand_prefixes(n: int, keep_items: bool):
     """Yield, level by level (k = 0..n), the prefixes of length k of all rankings of n items.
 
@@ -108,6 +122,7 @@ def _expand_prefixes(n: int, keep_items: bool):
 
 
 @lru_cache(maxsize=32)
+@_normal_tensors
 def _permutations_cached(n: int, device: torch.device) -> Tensor:
     items, _ = deque(_expand_prefixes(n, keep_items=True), maxlen=1)[0]
     return items.to(device)
@@ -126,6 +141,7 @@ def permutations(n: int, device: torch.device | str | None = None) -> Tensor:
 
 
 @lru_cache(maxsize=32)
+@_normal_tensors
 def _suffix_mask_levels(n: int, device: torch.device) -> tuple[Tensor, ...]:
     """Per prefix length k = 0..n-1, the bitmask of the items NOT yet placed, one per prefix.
 
@@ -296,6 +312,7 @@ def kl(logp: Tensor, logq: Tensor) -> Tensor:
 
 
 @lru_cache(maxsize=32)
+@_normal_tensors
 def _dp_layers(n: int, device: torch.device) -> tuple[tuple[Tensor, Tensor, Tensor], ...]:
     """Popcount layers of the subset lattice, for the DP over sets of already-placed items.
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .calibration import DEFAULT_TEMPLATE, mix, pairwise_selection_log_probs
+from .calibration import DEFAULT_TEMPLATE, mix, selection_log_probs
 from .chat import EncodedPair, encode_pairs, encode_prompt, pad_id
 from .rewards import score_pairs
 
@@ -109,7 +109,8 @@ def generate(
 
 @dataclass
 class CalibrationConfig:
-    """`name`: none | mcq. `alpha` weights log p_sel (paper formula); `debias` asks both orders."""
+    """`name`: none | mcq. `alpha` weights log p_sel (paper formula); `mode`: pairwise | listwise;
+    `debias` asks both orders (pairwise) or every cyclic rotation (listwise) and averages."""
 
     name: str = "mcq"
     alpha: float = 0.8
@@ -172,11 +173,12 @@ def collect(
     if calibration.name == "mcq" and calibration.alpha > 0:  # alpha = 0: t = r_T exactly
         started = time.perf_counter()
         questions = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-        log_p_sel, tokens["calibration"] = pairwise_selection_log_probs(
+        log_p_sel, tokens["calibration"] = selection_log_probs(
             teacher,
             teacher_tokenizer,
             questions,
             gens.texts,
+            calibration.mode,
             calibration.debias,
             calibration.template,
             max_tokens,

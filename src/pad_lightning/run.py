@@ -42,8 +42,14 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         sys.exit(f"config error: {err}")
     from .experiment import run_experiment
+    from .prompts import DataError
 
-    summary_path = run_experiment(cfg, overrides)
+    try:
+        summary_path = run_experiment(cfg, overrides)
+    except DataError as err:
+        sys.exit(f"data error: {err}")
+    except ConfigError as err:  # found while loading (e.g. a model without a chat template)
+        sys.exit(f"config error: {err}")
     if summary_path is not None:  # global rank 0
         print(summary_path)
 

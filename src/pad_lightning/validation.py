@@ -6,11 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from .losses import LOSSES
-from .preference import MAX_EXACT_N
-from .toy.tasks import TASKS
+from .calibration import LETTERS, MODES
+from .losses import DIVERGENCES, LOSSES, max_group_size
+from .preference import MAX_DP_N
+from .prompts import DataError, check_data
 
-EXACT_LOSSES = {"ppd"}  # losses that enumerate all n! rankings of a group
+DECOMPOSITIONS = ("none", "split", "iterative")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,18 @@ def check(cfg) -> None:
         cfg.loss.name in LOSSES,
         f"loss.name={cfg.loss.name!r}: unknown loss; valid: {sorted(LOSSES)}",
     )
+    divergence = cfg.loss.get("divergence")
+    if cfg.loss.name == "ppd":
+        _require(
+            divergence in DIVERGENCES,
+            f"loss.divergence={divergence!r}: valid: {', '.join(DIVERGENCES)}",
+        )
+    else:
+        _require(
+            divergence is None,
+            f"loss.divergence={divergence!r}: only loss=ppd has a divergence; "
+            f"use loss=ppd or drop the override",
+        )
     for key in ("beta_student", "beta_teacher"):
         beta = cfg.loss[key]
         _require(isinstance(beta, int | float) and beta > 0, f"loss.{key}={beta!r}: must be > 0")
@@ -50,28 +63,55 @@ def check(cfg) -> None:
         isinstance(cal.alpha, int | float) and 0 <= cal.alpha <= 1,
         f"calibration.alpha={cal.alpha!r}: must be in [0, 1]",
     )
-    _require(cal.mode == "pairwise", f"calibration.mode={cal.mode!r}: valid: pairwise")
+    _require(cal.mode in MODES, f"calibration.mode={cal.mode!r}: valid: {', '.join(MODES)}")
+    _require(isinstance(cal.debias, bool), f"calibration.debias={cal.debias!r}: valid: true, false")
     _require(
         "{question}" in cal.template and "{options}" in cal.template,
         "calibration.template: must contain {question} and {options}",
     )
 
     dec = cfg.decomposition
-    _require(dec.name in ("none", "split"), f"decomposition.name={dec.name!r}: valid: none, split")
+    _require(
+        dec.name in DECOMPOSITIONS,
+        f"decomposition.name={dec.name!r}: valid: {', '.join(DECOMPOSITIONS)}",
+    )
     group = n
-    if dec.name == "split":
+    if dec.name != "none":
         k = dec.group_size
         _require(
             isinstance(k, int) and 2 <= k <= n and n % k == 0,
             f"decomposition.group_size={k!r}: must be an integer in [2, n={n}] dividing n",
         )
         group = k
-    if cfg.loss.name in EXACT_LOSSES:
+    limit = max_group_size(cfg.loss.name, divergence)
+    if limit is not None and group > limit:
+        what = (
+            f"enumerates all {group}! rankings"
+            if divergence == "jsd"
+            else f"runs a 2^{group}-subset dynamic programme"
+        )
+        ways = []
+        if divergence == "jsd":
+            ways.append(f"loss.divergence=kl or reverse_kl (exact to n={MAX_DP_N})")
+        splits = [k for k in range(2, min(limit, n) + 1) if n % k == 0]
+        if splits:
+            best = max(splits)
+            ways += [
+                f"decomposition=split decomposition.group_size={best}",
+                f"decomposition=iterative decomposition.group_size={best}",
+            ]
+        ways.append("loss=vpd")
         _require(
-            group <= MAX_EXACT_N,
-            f"n={n}: loss={cfg.loss.name} enumerates all {group}! rankings, exact only for "
-            f"groups of <= {MAX_EXACT_N}; use decomposition=split "
-            f"decomposition.group_size=<k <= {MAX_EXACT_N} dividing {n}>, or loss=vpd",
+            False,
+            f"n={n}: loss=ppd loss.divergence={divergence} {what}, exact only for groups of "
+            f"<= {limit}; use {', or '.join(ways)}",
+        )
+    if cal.name == "mcq" and cal.alpha > 0 and cal.mode == "listwise":
+        listed = group if dec.name == "iterative" else n  # responses of one rollout round
+        _require(
+            listed <= len(LETTERS),
+            f"calibration.mode=listwise: one question lists all {listed} responses, but there "
+            f"are only {len(LETTERS)} option letters; use calibration.mode=pairwise",
         )
 
     roll = cfg.rollout
@@ -101,12 +141,10 @@ def check(cfg) -> None:
     )
     _require(cfg.trainer.optim.lr > 0, f"trainer.optim.lr={cfg.trainer.optim.lr!r}: must be > 0")
 
-    if cfg.data.name == "toy":
-        bad = [t for t in cfg.data.tasks if t not in TASKS]
-        _require(
-            not bad and len(cfg.data.tasks) > 0,
-            f"data.tasks={list(cfg.data.tasks)}: valid tasks: {sorted(TASKS)}",
-        )
+    try:
+        check_data(cfg.data)
+    except DataError as err:
+        raise ConfigError(str(err)) from err
     if "zoo" in cfg.model:
         cache = Path(os.path.expanduser(str(cfg.model.zoo.cache_dir)))
         _require(
