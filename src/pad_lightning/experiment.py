@@ -20,7 +20,7 @@ from .callbacks import PARTS, RolloutLogger
 from .data import build_problems
 from .datamodule import RolloutConfig, RolloutDataModule
 from .evaluation import EvalConfig
-from .models import load_pair
+from .models import load_pair, save_student
 from .module import LossConfig, OptimConfig, PADModule
 from .rollout import CalibrationConfig, SamplingConfig
 
@@ -203,9 +203,7 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         "resumed": resuming,
     }
     if trainer.is_global_zero:
-        student_dir = run_dir / "student"
-        module.student.save_pretrained(student_dir)
-        tok_s.save_pretrained(student_dir)
+        student_dir = save_student(module.student, tok_s, run_dir / "student", cfg.model.student)
         summary_file = run_dir / "summary.json"
         summary_file.write_text(json.dumps(summary, indent=2))
         logger.experiment.log_artifact(logger.run_id, str(summary_file))

@@ -5,7 +5,9 @@ r(y | x) = (1/|y|) * sum_t log pi(y_t | x, y_<t) over the scored span (see `chat
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -39,17 +41,43 @@ def pad_pairs(pairs: list[EncodedPair], pad_id: int) -> PaddedBatch:
     return PaddedBatch(ids, attn, score)
 
 
+@lru_cache(maxsize=64)
+def _accepts_logits_to_keep(forward_cls: type) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(forward_cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def response_logits(model: torch.nn.Module, batch: PaddedBatch) -> tuple[torch.Tensor, int]:
+    """Logits from the first position that predicts a scored token on: ``(logits, first)``.
+
+    ``logits[:, j]`` is the output at position ``first + j``. Prompt positions before the
+    shortest prompt's end predict no scored token; models that take ``logits_to_keep`` (most
+    HF causal LMs) skip their LM head there, which saves time and memory on large vocabularies.
+    """
+    scored_cols = batch.score_mask.any(0).nonzero()
+    first = max(int(scored_cols[0]) - 1, 0) if len(scored_cols) else 0
+    kwargs = {}
+    if first > 0 and _accepts_logits_to_keep(type(model)):
+        kwargs["logits_to_keep"] = batch.input_ids.shape[1] - first
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
+    if "logits_to_keep" not in kwargs:
+        logits = logits[:, first:]
+    return logits, first
+
+
 def token_log_probs(model: torch.nn.Module, batch: PaddedBatch) -> torch.Tensor:
     """log pi(ids[t] | ids[<t]) at every scored position, 0 elsewhere; shape [N, L]."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    targets = batch.input_ids[:, 1:]
-    mask = batch.score_mask[:, 1:]
+    logits, first = response_logits(model, batch)
+    targets = batch.input_ids[:, first + 1 :]
+    mask = batch.score_mask[:, first + 1 :]
     # Only positions that predict a scored token need a softmax over the vocabulary.
     picked = logits[:, :-1][mask].float()
     logp = picked.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)
     out = torch.zeros(targets.shape, dtype=logp.dtype, device=logp.device)
     out = out.masked_scatter(mask, logp)
-    return torch.nn.functional.pad(out, (1, 0))
+    return torch.nn.functional.pad(out, (first + 1, 0))
 
 
 def length_normalised(token_logp: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:

@@ -159,3 +159,7 @@ def check(cfg) -> None:
                 f"model.{role}.zoo={entry.get('zoo')!r}: valid: student, teacher "
                 f"(or set model.{role}.path)",
             )
+
+    from .models import check_model_config  # local import: models imports this module
+
+    check_model_config(cfg.model)

@@ -1,0 +1,633 @@
+"""Benchmark answer exports: `python -m pad_lightning.generate`.
+
+Loads a trained student (a local HF folder, or the student of an MLflow run), answers the
+questions of a judge-based benchmark with the student's own chat template, and writes the answer
+file the official judge reads: AlpacaEval 2 (`alpaca_eval`), MT-Bench (`mt_bench`, FastChat
+llm_judge) or Arena-Hard v2.0 (`arena_hard`, arena-hard-auto). Multi-turn questions are answered
+turn by turn, each turn conditioned on the conversation so far (earlier answers included).
+
+    python -m pad_lightning.generate --model outputs/2026-11-27/01-56-15/student \\
+        --format mt_bench --questions question.jsonl --out model_answer/pad-student.jsonl
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from transformers import PreTrainedTokenizerBase  # noqa: E402
+
+from .models import DTYPES, load_model, load_tokenizer, resolve_source, role_options  # noqa: E402
+from .rollout import SamplingConfig, generate  # noqa: E402
+from .validation import ConfigError  # noqa: E402
+
+
+class ExportError(ValueError):
+    """Bad input to an export (question file, model folder, run id); the message is one line."""
+
+
+@dataclass(frozen=True)
+class Format:
+    """A benchmark's question file: the id field, the required fields, the user turns."""
+
+    name: str
+    id_field: str | None  # None: records are matched by position (AlpacaEval)
+    required: tuple[str, ...]
+    turns_field: str
+    n_turns: int | None  # exact number of user turns in `turns_field` (a list); None: one string
+
+
+FORMATS = {
+    "alpaca_eval": Format("alpaca_eval", None, ("instruction",), "instruction", None),
+    "mt_bench": Format("mt_bench", "question_id", ("question_id", "category", "turns"), "turns", 2),
+    "arena_hard": Format("arena_hard", "uid", ("uid", "category", "prompt"), "prompt", None),
+}
+
+
+@dataclass
+class Question:
+    """One benchmark question: its record, its user turns and where it was read (file:line)."""
+
+    record: dict
+    turns: list[str]
+    where: str
+
+    def id(self, fmt: Format):
+        return self.record[fmt.id_field] if fmt.id_field else self.record[fmt.turns_field]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading JSON / JSONL records
+
+
+def read_records(path: Path, what: str = "--questions") -> list[tuple[str, dict]]:
+    """(location, record) pairs of a JSON list or a JSONL file; location is `file:line` (JSONL)
+    or `file[index]` (JSON list). Raises ExportError naming the file (and line) on bad input."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ExportError(f"{what} {path}: no such file") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ExportError(f"{what} {path}: cannot read ({err})") from err
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ExportError(f"{what} {path}:{err.lineno}: malformed JSON ({err.msg})") from err
+        pairs = [(f"{path}[{i}]", record) for i, record in enumerate(data)]
+    else:
+        pairs = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                pairs.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ExportError(
+                    f"{what} {path}:{number}: malformed JSONL line ({err.msg}); "
+                    "expected one JSON object per line"
+                ) from err
+    for where, record in pairs:
+        if not isinstance(record, dict):
+            raise ExportError(
+                f"{what} {where}: expected a JSON object, got {type(record).__name__}"
+            )
+    if not pairs:
+        raise ExportError(f"{what} {path}: no records")
+    return pairs
+
+
+def get_format(name: str) -> Format:
+    if name not in FORMATS:
+        raise ExportError(f"--format {name!r}: unknown format; valid: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool) and value != ""
+
+
+def load_questions(path: Path, fmt_name: str, limit: int | None = None) -> list[Question]:
+    """The benchmark questions of `path` (first `limit` of them), checked field by field."""
+    fmt = get_format(fmt_name)
+    questions: list[Question] = []
+    seen: dict = {}
+    for where, record in read_records(path):
+        for field in fmt.required:
+            if field not in record:
+                raise ExportError(
+                    f"--questions {where}: missing field {field!r} "
+                    f"({fmt.name} records need {', '.join(fmt.required)})"
+                )
+        raw = record[fmt.turns_field]
+        if fmt.n_turns is None:
+            turns = [raw]
+        else:
+            if not isinstance(raw, list) or len(raw) != fmt.n_turns:
+                got = f"{len(raw)} turn(s)" if isinstance(raw, list) else type(raw).__name__
+                raise ExportError(
+                    f"--questions {where}: field {fmt.turns_field!r} has {got}; "
+                    f"{fmt.name} questions have exactly {fmt.n_turns} user turns (a list)"
+                )
+            turns = raw
+        if not all(isinstance(t, str) and t.strip() for t in turns):
+            raise ExportError(
+                f"--questions {where}: field {fmt.turns_field!r} must hold non-empty strings"
+            )
+        if fmt.id_field:
+            qid = record[fmt.id_field]
+            if not _is_id(qid):
+                raise ExportError(
+                    f"--questions {where}: field {fmt.id_field!r}={qid!r} must be a "
+                    "non-empty string or an integer"
+                )
+            if qid in seen:
+                raise ExportError(
+                    f"--questions {where}: duplicate {fmt.id_field} {qid!r} (first at {seen[qid]})"
+                )
+            seen[qid] = where
+        questions.append(Question(record, list(turns), where))
+    return questions[:limit] if limit else questions
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and loading the student
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+
+
+def _has_chat_template(path: Path) -> bool:
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    config = path / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def model_folder_problem(path: Path, chat_template_given: bool = False) -> str | None:
+    """Why `path` is not a usable student folder (None if it is)."""
+    if not path.is_dir():
+        return "not a directory"
+    if not (path / "config.json").is_file():
+        return "no config.json (not a Hugging Face model folder)"
+    if not any((path / f).is_file() for f in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
+        return "no weights (model.safetensors, or pytorch_model.bin, or their index files)"
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return f"no tokenizer ({', '.join(TOKENIZER_FILES)})"
+    if not chat_template_given and not _has_chat_template(path):
+        return (
+            "no chat template (chat_template.jinja or tokenizer_config.json 'chat_template'); "
+            "pass --chat-template FILE"
+        )
+    return None
+
+
+def _check_tracking_uri(uri: str) -> None:
+    """A sqlite tracking URI must name an existing database (MLflow would create an empty one)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if not db.is_file():
+            raise ExportError(f"--tracking-uri {uri}: no such MLflow database file {db}")
+
+
+def resolve_run_student(run_id: str, tracking_uri: str, download_dir: Path) -> Path:
+    """The student folder of an MLflow run written by `pad_lightning.run`.
+
+    The run's local `<run_dir>/student` (run_dir from its `summary.json` artifact, else the
+    `output_dir` param) when it is still there, else its `student` artifact downloaded into
+    `download_dir`.
+    """
+    _check_tracking_uri(tracking_uri)
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise ExportError(f"--run {run_id}: no such MLflow run in {tracking_uri}") from err
+    run_dirs = []
+    try:
+        summary = client.download_artifacts(run_id, "summary.json", str(download_dir))
+        run_dirs.append(json.loads(Path(summary).read_text(encoding="utf-8")).get("run_dir"))
+    except (MlflowException, OSError, ValueError, AttributeError):
+        pass  # a run stopped before its end has no summary.json
+    run_dirs.append(run.data.params.get("output_dir"))
+    looked = []
+    for run_dir in filter(None, run_dirs):
+        student = Path(run_dir) / "student"
+        if model_folder_problem(student) is None:
+            return student
+        looked.append(str(student))
+    try:
+        logged = client.list_artifacts(run_id, "student")
+    except (MlflowException, OSError):
+        logged = []
+    if logged:
+        return Path(client.download_artifacts(run_id, "student", str(download_dir)))
+    where = f"no usable {' or '.join(looked)}" if looked else "no run_dir or output_dir"
+    raise ExportError(
+        f"--run {run_id}: no student: {where}, and the run has no 'student' artifact "
+        "(was it stopped early, or run with logger.log_student=false?)"
+    )
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda: CUDA is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load_student(
+    path: Path, dtype: str, device: torch.device, chat_template: str | Path | None = None
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The student and its tokenizer, checked for weights, tokenizer and a usable chat template
+    (`chat_template`: a Jinja string or .jinja file replacing the folder's template)."""
+    problem = model_folder_problem(path, chat_template_given=chat_template is not None)
+    if problem:
+        raise ExportError(f"--model {path}: {problem}")
+    raw = {"path": str(path), "dtype": dtype}
+    if chat_template is not None:
+        raw["chat_template"] = str(chat_template)
+    try:
+        opts = role_options("student", raw)
+        source = resolve_source(opts)
+        tokenizer = load_tokenizer(opts, source)
+        model = load_model(opts, source)
+    except ConfigError as err:
+        flag = "--chat-template" if "chat_template" in str(err) else f"--model {path}"
+        raise ExportError(f"{flag}: {err}") from err
+    return model.to(device).eval(), tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Answering
+
+
+def count_batches(turns: list[list[str]], batch_size: int) -> int:
+    """Generation calls needed to answer every turn of every question."""
+    depth = max((len(t) for t in turns), default=0)
+    return sum(math.ceil(sum(len(t) > k for t in turns) / batch_size) for k in range(depth))
+
+
+def answer_turns(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    turns: list[list[str]],
+    sampling: SamplingConfig,
+    greedy: bool,
+    on_batch: Callable[[], None] | None = None,
+) -> tuple[list[list[str]], int]:
+    """Answers to every user turn, and how many answers hit `max_new_tokens`.
+
+    Turn k of a question is generated from the conversation [user 1, answer 1, ..., user k] in
+    the model's own chat template, in batches of `sampling.batch_size` questions (batches of the
+    same prompts as one `rollout.generate` call over all of them, so greedy answers are equal).
+    """
+    answers: list[list[str]] = [[] for _ in turns]
+    truncated = 0
+    for k in range(max((len(t) for t in turns), default=0)):
+        active = [i for i, t in enumerate(turns) if len(t) > k]
+        for start in range(0, len(active), sampling.batch_size):
+            batch = active[start : start + sampling.batch_size]
+            prompts = [_conversation(turns[i][: k + 1], answers[i]) for i in batch]
+            gens = generate(model, tokenizer, prompts, 1, sampling, greedy=greedy)
+            for i, texts in zip(batch, gens.texts, strict=True):
+                answers[i].append(texts[0])
+            truncated += int(gens.truncated.sum())
+            if on_batch:
+                on_batch()
+    return answers, truncated
+
+
+def _conversation(user_turns: list[str], answers: list[str]) -> list[dict]:
+    messages = []
+    for k, user in enumerate(user_turns):
+        messages.append({"role": "user", "content": user})
+        if k < len(answers):
+            messages.append({"role": "assistant", "content": answers[k]})
+    return messages
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer records
+
+_CODE_BLOCK = re.compile(r"```[^`]*```")
+
+
+def markdown_counts(text: str) -> dict[str, dict[str, int]]:
+    """Header, list and bold counts outside code blocks (arena-hard-auto's style features)."""
+    text = _CODE_BLOCK.sub("", text)
+    return {
+        "header_count": {
+            f"h{level}": len(re.findall(rf"^#{{{level}}}\s", text, re.MULTILINE))
+            for level in range(1, 7)
+        },
+        "list_count": {
+            "ordered": len(re.findall(r"^\s*\d+\.\s", text, re.MULTILINE)),
+            "unordered": len(re.findall(r"^\s*[-*+]\s", text, re.MULTILINE)),
+        },
+        "bold_count": {
+            "**": len(re.findall(r"\*\*[^*\n]+\*\*", text)),
+            "__": len(re.findall(r"__[^_\n]+__", text)),
+        },
+    }
+
+
+def build_records(
+    fmt_name: str,
+    questions: list[Question],
+    answers: list[list[str]],
+    model_id: str,
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[dict]:
+    """The answer records the official judge of `fmt_name` reads, in question order."""
+    records = []
+    for q, turns in zip(questions, answers, strict=True):
+        now = time.time()
+        if fmt_name == "alpaca_eval":
+            record = {"instruction": q.record["instruction"], "output": turns[0]}
+            record["generator"] = model_id
+            if "dataset" in q.record:
+                record["dataset"] = q.record["dataset"]
+        elif fmt_name == "mt_bench":
+            record = {
+                "question_id": q.record["question_id"],
+                "answer_id": uuid.uuid4().hex,
+                "model_id": model_id,
+                "choices": [{"index": 0, "turns": turns}],
+                "tstamp": now,
+            }
+        else:
+            answer = turns[0]
+            tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+            record = {
+                "uid": q.record["uid"],
+                "ans_id": uuid.uuid4().hex,
+                "model": model_id,
+                "messages": [
+                    {"role": "user", "content": q.record["prompt"]},
+                    {"role": "assistant", "content": {"answer": answer}},
+                ],
+                "tstamp": now,
+                "metadata": {"token_len": tokens, **markdown_counts(answer)},
+            }
+        records.append(record)
+    return records
+
+
+def write_records(fmt_name: str, records: list[dict], out: Path) -> None:
+    """JSON list (AlpacaEval) or JSONL (MT-Bench, Arena-Hard), written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt_name == "alpaca_eval":
+        text = json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking an answer file against its questions
+
+
+def _answer_texts(fmt_name: str, record: dict, where: str) -> list:
+    """The answer turns of a record, checking the nested structure on the way."""
+    if fmt_name == "alpaca_eval":
+        return [record["output"]]
+    if fmt_name == "mt_bench":
+        choices = record["choices"]
+        if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+            raise ExportError(f"{where}: 'choices' must be a non-empty list of objects")
+        if not isinstance(choices[0].get("turns"), list):
+            raise ExportError(f"{where}: 'choices[0].turns' must be a list")
+        return choices[0]["turns"]
+    messages = record["messages"]
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if not (isinstance(last, dict) and last.get("role") == "assistant"):
+        raise ExportError(f"{where}: 'messages' must end with the assistant message")
+    if not (isinstance(last.get("content"), dict) and "answer" in last["content"]):
+        raise ExportError(f"{where}: the assistant message content must be {{'answer': text}}")
+    if not (isinstance(record["metadata"], dict) and "token_len" in record["metadata"]):
+        raise ExportError(f"{where}: 'metadata' must hold 'token_len'")
+    return [last["content"]["answer"]]
+
+
+OUTPUT_FIELDS = {
+    "alpaca_eval": (("instruction", "output", "generator"), "generator"),
+    "mt_bench": (("question_id", "answer_id", "model_id", "choices", "tstamp"), "model_id"),
+    "arena_hard": (("uid", "ans_id", "model", "messages", "tstamp", "metadata"), "model"),
+}
+
+
+def check_export(fmt_name: str, questions: list[Question], out: Path) -> int:
+    """Check an answer file against its questions: same ids in the same order, no duplicates,
+    every required field, a non-empty model id, one answer per user turn. Returns the count."""
+    fmt = get_format(fmt_name)
+    fields, model_field = OUTPUT_FIELDS[fmt_name]
+    records = read_records(out, what="--out")
+    if fmt_name == "alpaca_eval" and not out.read_text(encoding="utf-8").lstrip().startswith("["):
+        raise ExportError(f"--out {out}: AlpacaEval outputs must be one JSON list")
+    key = fmt.id_field or "instruction"
+    seen: dict = {}
+    for (where, record), q in zip(records, questions, strict=False):
+        where = f"--out {where}"
+        for field in fields:
+            if field not in record:
+                raise ExportError(f"{where}: missing field {field!r}")
+        model_id = record[model_field]
+        if not (isinstance(model_id, str) and model_id.strip()):
+            raise ExportError(f"{where}: {model_field!r} must be a non-empty model id")
+        rid = record[key]
+        if fmt.id_field and rid in seen:
+            raise ExportError(f"{where}: duplicate {key} {rid!r} (first at {seen[rid]})")
+        seen[rid] = where
+        if rid != q.id(fmt):
+            raise ExportError(
+                f"{where}: {key} {rid!r} does not match question {q.id(fmt)!r} at {q.where}"
+            )
+        texts = _answer_texts(fmt_name, record, where)
+        if len(texts) != len(q.turns) or not all(isinstance(t, str) for t in texts):
+            raise ExportError(f"{where}: expected {len(q.turns)} answer text(s), got {texts!r}")
+    if len(records) != len(questions):
+        missing = len(records) < len(questions)
+        raise ExportError(
+            f"--out {out}: {len(records)} answers for {len(questions)} questions"
+            + (f"; first unanswered: {questions[len(records)].where}" if missing else "")
+        )
+    return len(records)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str):
+        sys.exit(f"generate error: {message}")
+
+
+def _positive(name: str, minimum: float = 1, kind=int):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text}: must be >= {minimum}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m pad_lightning.generate",
+        description="Write benchmark answer files (AlpacaEval 2, MT-Bench, Arena-Hard v2.0) "
+        "with a trained student.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--model", type=Path, help="local HF folder, e.g. outputs/<date>/<time>/student"
+    )
+    src.add_argument("--run", help="MLflow run id of a pad_lightning.run")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
+    p.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")
+    p.add_argument("--questions", required=True, type=Path, help="question file (JSON or JSONL)")
+    p.add_argument("--out", required=True, type=Path, help="answer file to write")
+    p.add_argument("--model-id", help="model name written into the file (default: folder name)")
+    p.add_argument("--max-new-tokens", type=_positive("int"), default=1024)
+    p.add_argument("--batch-size", type=_positive("int"), default=16, help="questions per call")
+    p.add_argument(
+        "--temperature",
+        type=_positive("float", 0.0, float),
+        default=0.0,
+        help="0 = greedy (default); > 0 samples",
+    )
+    p.add_argument("--seed", type=int, default=0, help="torch seed (sampling only)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--limit", type=_positive("int"), help="answer only the first k questions")
+    p.add_argument("--chat-template", type=Path, help="Jinja chat template file to use instead")
+    return p
+
+
+def default_model_id(path: Path, run_id: str | None) -> str:
+    """`pad-<run id prefix>` for --run; else the folder name (`<parent>-student` for `student`)."""
+    if run_id:
+        return f"pad-{run_id[:8]}"
+    path = path.resolve()
+    return f"{path.parent.name}-student" if path.name == "student" else path.name
+
+
+def _check_out(out: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"--out {out}: cannot create its folder ({err.strerror})") from err
+    if out.is_dir() or not os.access(parent, os.W_OK):
+        raise ExportError(f"--out {out}: not a writable file path")
+
+
+def export(args: argparse.Namespace) -> str:
+    """Run one export; returns the summary line. Raises ExportError on bad input."""
+    questions = load_questions(args.questions, args.fmt, args.limit)
+    _check_out(args.out)
+    model_id = args.model_id
+    if model_id is not None and not model_id.strip():
+        raise ExportError("--model-id: must be a non-empty name")
+    device = pick_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="pad-generate-") as download_dir:
+        path = (
+            resolve_run_student(args.run, args.tracking_uri, Path(download_dir))
+            if args.run
+            else args.model
+        )
+        model_id = model_id or default_model_id(path, args.run)
+        model, tokenizer = load_student(path, args.dtype, device, args.chat_template)
+    greedy = args.temperature == 0
+    sampling = SamplingConfig(
+        temperature=args.temperature or 1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    torch.manual_seed(args.seed)
+    turns = [q.turns for q in questions]
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as progress:
+        task = progress.add_task(
+            f"{args.fmt}: batches", total=count_batches(turns, args.batch_size)
+        )
+        answers, truncated = answer_turns(
+            model, tokenizer, turns, sampling, greedy, lambda: progress.advance(task)
+        )
+    write_records(
+        args.fmt, build_records(args.fmt, questions, answers, model_id, tokenizer), args.out
+    )
+    count = check_export(args.fmt, questions, args.out)
+    n_turns = sum(len(t) for t in turns)
+    empty = sum(not a.strip() for group in answers for a in group)
+    if args.fmt != "alpaca_eval" and args.out.stem != model_id:
+        print(
+            f"note: the {args.fmt} judge names the model after the file; "
+            f"rename {args.out.name} to {model_id}.jsonl in its model_answer folder",
+            file=sys.stderr,
+        )
+    return (
+        f"wrote {count} {args.fmt} answers ({n_turns} turns, {truncated} cut at "
+        f"--max-new-tokens={args.max_new_tokens}, {empty} empty) of model {model_id!r} "
+        f"to {args.out}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        print(export(args))
+    except ExportError as err:
+        sys.exit(f"generate error: {err}")
+
+
+if __name__ == "__main__":
+    main()
