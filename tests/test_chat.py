@@ -88,3 +88,36 @@ def test_unfinished_responses_are_scored_without_the_end_marker(tok):
     assert tok.decode(done.ids[done.prompt_len :]) == "cba<|end|>"
     assert tok.decode(cut.ids[cut.prompt_len :]) == "cba"
     assert done.ids[: done.prompt_len] == cut.ids[: cut.prompt_len]
+
+
+def test_sentencepiece_style_span_has_no_spurious_word_start():
+    # Metaspace tokenizers mark a word start with "▁"; tokenising the span alone would score a
+    # "▁" the model never generated after the prompt. The conversation is tokenised as one text.
+    from tiny_models import make_tokenizer
+
+    tok = make_tokenizer("metaspace")
+    (pair,) = encode_pairs(tok, ["rev abc"], [["cba"]])
+    span = tok.convert_ids_to_tokens(pair.ids[pair.prompt_len :])
+    assert span == ["c", "b", "a", "<|eot_id|>"]
+    alone = tok.convert_ids_to_tokens(tok("cba<|eot_id|>", add_special_tokens=False)["input_ids"])
+    assert alone[0] == "▁"  # what the old rule scored
+    assert pair.ids[: pair.prompt_len] == encode_prompt(tok, "rev abc")
+
+
+def test_merge_across_the_boundary_falls_back_to_separate_tokenisation(tok, monkeypatch):
+    # if tokenising prompt + span as one text changed the prompt's ids, the prompt ids are kept
+    real_call = type(tok).__call__
+
+    def merging_call(self, text, **kwargs):
+        out = real_call(self, text, **kwargs)
+        if isinstance(text, list):  # the joint texts: pretend the last prompt token merged
+            for ids in out["input_ids"]:
+                ids[len(encode_prompt(tok, "rev ab")) - 1] = 0
+        return out
+
+    monkeypatch.setattr(type(tok), "__call__", merging_call)
+    (pair,) = encode_pairs(tok, ["rev ab"], [["ba"]])
+    monkeypatch.undo()
+    assert pair.ids[: pair.prompt_len] == encode_prompt(tok, "rev ab")
+    span = tok.decode(pair.ids[pair.prompt_len :])
+    assert span == "ba<|end|>"

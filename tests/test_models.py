@@ -378,7 +378,11 @@ def direct_teacher_reward(teacher, tok, prompt: str, text: str, finished: bool) 
     if not finished and closing and suffix.endswith(closing):
         suffix = suffix[: len(suffix) - len(closing)]
     p = tok(prefix, add_special_tokens=False)["input_ids"]
-    s = tok(suffix, add_special_tokens=False)["input_ids"]
+    joint = tok(prefix + suffix, add_special_tokens=False)["input_ids"]  # the documented rule:
+    if joint[: len(p)] == p:  # the conversation as one text, unless that changes the prompt ids
+        s = joint[len(p) :]
+    else:
+        s = tok(suffix, add_special_tokens=False)["input_ids"]
     if not s:
         return 0.0
     ids = torch.tensor([p + s])

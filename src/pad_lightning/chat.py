@@ -3,8 +3,11 @@
 Scoring rule (documented in the README and tested): the scored span of a response is the text
 the chat template puts after the generation prompt when the response is the assistant turn —
 the response itself plus the template's end-of-turn marker — with trailing whitespace removed.
-Prompt ids and response ids are tokenised separately and concatenated, so the prompt prefix is
-byte-identical to what generation was conditioned on.
+The conversation (prompt + scored span) is tokenised as one text, as the model saw such text in
+training; if that changes the prompt's own ids (a merge across the boundary), prompt and span are
+tokenised separately and concatenated instead. Either way the prompt prefix is token-identical to
+what generation was conditioned on. (Tokenising the span alone would add a spurious word-start
+marker in SentencePiece-style tokenizers: "cba" -> "▁cba".)
 """
 
 from __future__ import annotations
@@ -109,9 +112,12 @@ def encode_pairs(
             else unfinished_suffix(tokenizer, prompt, r, prefix)
             for j, r in enumerate(group)
         ]
-        suffix_ids = tokenizer(suffixes, add_special_tokens=False)["input_ids"]
-        for ids in suffix_ids:
-            full = prefix_ids + ids
+        joint_ids = tokenizer([prefix + s for s in suffixes], add_special_tokens=False)["input_ids"]
+        for joint, suffix in zip(joint_ids, suffixes, strict=True):
+            if joint[: len(prefix_ids)] == prefix_ids:
+                full = joint
+            else:
+                full = prefix_ids + tokenizer(suffix, add_special_tokens=False)["input_ids"]
             if max_length is not None and len(full) > max_length:
                 full = full[:max_length]
             out.append(EncodedPair(full, min(len(prefix_ids), len(full))))
