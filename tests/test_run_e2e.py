@@ -205,16 +205,63 @@ def test_self_teacher_control_is_one_override(tmp_path):
         ("rollout.temperature=-1", "rollout.temperature"),
         ("loss.name=nope", "loss.name"),
         ("n=16", "n=16"),
+        ("loss.divergence=tv", "loss.divergence"),
+        ("calibration.mode=setwise", "calibration.mode"),
+        ("decomposition=iterative decomposition.group_size=3", "decomposition.group_size"),
         ("model.zoo.cache_dir=/proc/forbidden", "model.zoo.cache_dir"),
     ],
 )
 def test_bad_config_stops_at_start_with_one_line(tmp_path, override, key):
-    proc = run(tmp_path, override, check=False)
+    proc = run(tmp_path, *override.split(), check=False)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("config error: ") and key in lines[0]
     assert not (tmp_path / "cache").exists()  # nothing was built before the check
+
+
+def test_n16_jsd_message_names_the_options_that_work(tmp_path):
+    proc = run(tmp_path, "n=16", check=False)
+    message = proc.stderr.strip()
+    assert message.startswith("config error: n=16: loss=ppd loss.divergence=jsd enumerates")
+    for option in (
+        "loss.divergence=kl",
+        "decomposition=split decomposition.group_size=8",
+        "decomposition=iterative decomposition.group_size=8",
+        "loss=vpd",
+    ):
+        assert option in message
+
+
+def _summary_and_run(tmp: Path, proc: subprocess.CompletedProcess):
+    summary = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
+    return summary, _client(tmp).get_run(summary["mlflow_run_id"])
+
+
+def test_n16_with_exact_kl_runs(tmp_path):
+    proc = run(tmp_path, "n=16", "loss.divergence=kl", "trainer.max_epochs=2")
+    summary, run_ = _summary_and_run(tmp_path, proc)
+    assert run_.data.params["loss.divergence"] == "kl"
+    assert summary["after"]["loss"] > 0  # KL(P_T || P_S) over 16! rankings, by the subset DP
+    assert "rollout/teacher_ranking_entropy" in run_.data.metrics
+    history = _client(tmp_path).get_metric_history(run_.info.run_id, "rollout/response_length")
+    assert len(history) == 2
+
+
+def test_iterative_decomposition_makes_n_over_k_rollouts_per_epoch(tmp_path):
+    proc = run(
+        tmp_path,
+        "decomposition=iterative",
+        "decomposition.group_size=2",
+        "calibration.mode=pairwise",
+        "trainer.max_epochs=2",
+    )
+    _, run_ = _summary_and_run(tmp_path, proc)
+    client = _client(tmp_path)
+    # n = 4 as 2 rounds of 2 samples: 2 x 2 optimizer steps per epoch (8 prompts, batches of 4)
+    assert len(client.get_metric_history(run_.info.run_id, "train/loss")) == 2 * 2 * 2
+    assert run_.data.params["decomposition.name"] == "iterative"
+    assert run_.data.metrics["tokens/calibration"] > 0  # pairwise MCQs over each round's 2
 
 
 def test_ddp_on_two_cpu_processes_writes_one_summary_into_one_mlflow_run(tmp_path):
