@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -19,9 +20,30 @@ def run_config(overrides: list[str]):
         return compose(config_name="config", overrides=[*overrides, "output_dir=unused"])
 
 
-def load_models(cfg):
-    """(student, student tokenizer, teacher, teacher tokenizer), building the zoo if needed."""
-    from pad_lightning.models import load_pair
+def toy_setup(args, prompts: int):
+    """Config, models, held-out toy problems and rollout sampling for a benchmark's arguments.
 
+    `args.overrides` are Hydra overrides of the run config, `args.threads` torch's CPU threads.
+    """
+    import torch
+
+    from pad_lightning.models import load_pair
+    from pad_lightning.rollout import SamplingConfig
+    from pad_lightning.toy.tasks import sample_problems
+
+    torch.set_num_threads(args.threads)
+    cfg = run_config(args.overrides)
     student, tok_s, teacher, tok_t = load_pair(cfg.model)
-    return student.eval(), tok_s, teacher.eval(), tok_t
+    roll = cfg.rollout
+    return SimpleNamespace(
+        cfg=cfg,
+        student=student.eval(),
+        tok_s=tok_s,
+        teacher=teacher.eval(),
+        tok_t=tok_t,
+        problems=sample_problems(list(cfg.data.tasks), "val", prompts, cfg.data.split_seed),
+        sampling=SamplingConfig(roll.temperature, roll.top_p, roll.top_k, roll.max_new_tokens),
+        dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+            cfg.trainer.inference_dtype
+        ),
+    )

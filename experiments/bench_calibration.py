@@ -16,14 +16,13 @@ import argparse
 import time
 
 import torch
-from _setup import load_models, run_config
+from _setup import toy_setup
 
 from pad_lightning.calibration import mix, selection_log_probs
 from pad_lightning.chat import encode_pairs, pad_id
 from pad_lightning.metrics import kendall_tau, nanmean, quality_matrix
 from pad_lightning.rewards import score_pairs
-from pad_lightning.rollout import SamplingConfig, generate
-from pad_lightning.toy.tasks import sample_problems
+from pad_lightning.rollout import generate
 
 MODES = [  # (label, mode, debias)
     ("pairwise, one order (paper code)", "pairwise", False),
@@ -41,15 +40,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = run_config(args.overrides)
-    student, tok_s, teacher, tok_t = load_models(cfg)
-    problems = sample_problems(list(cfg.data.tasks), "val", args.prompts, cfg.data.split_seed)
+    b = toy_setup(args, args.prompts)
+    cfg, student, tok_s, teacher, tok_t = b.cfg, b.student, b.tok_s, b.teacher, b.tok_t
+    problems, sampling, dtype = b.problems, b.sampling, b.dtype
     prompts = [p.prompt for p in problems]
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.trainer.inference_dtype)
-    sampling = SamplingConfig(
-        cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.max_new_tokens
-    )
     print(
         f"toy world {list(cfg.data.tasks)}, {len(prompts)} held-out prompts, initial student "
         f"samples at T={sampling.temperature}, alpha={args.alpha}, threads "

@@ -1,0 +1,117 @@
+"""Teacher reward scoring: scored tokens/s against a plain forward pass, and padding waste.
+
+The toy student samples n responses for held-out prompts; the teacher scores the (prompt,
+response) pairs with ``rewards.score_pairs`` (length-sorted token-budget chunks, LM head only
+from the first scored position, log-softmax only at scored positions). The reference is a plain
+``model(input_ids, attention_mask)`` forward over exactly the same padded chunks, in the same
+autocast dtype, measured in the same run. Padding waste = padded / real tokens - 1, for our
+length-sorted chunks and for fixed batches in rollout order (what a naive loop does).
+
+A second table repeats the measurement with the toy teacher's architecture but a 32k-token
+vocabulary (random weights), where the LM head is a large part of the cost, as in real LMs.
+
+Run: ``.venv/bin/python experiments/bench_scoring.py [--prompts 256] [--n 8] [overrides]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from _setup import toy_setup
+
+from pad_lightning.chat import encode_pairs, pad_id
+from pad_lightning.rewards import pad_pairs, score_pairs, token_budget_chunks
+from pad_lightning.rollout import generate
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def plain_forward(model, pairs, padding: int, max_tokens: int, dtype) -> None:
+    for chunk in token_budget_chunks([len(p.ids) for p in pairs], max_tokens):
+        batch = pad_pairs([pairs[i] for i in chunk], padding)
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+
+
+def waste(lengths: list[int], batches: list[list[int]]) -> float:
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return padded / sum(lengths) - 1
+
+
+def large_vocab_copy(model, vocab: int):
+    from transformers import AutoModelForCausalLM
+
+    config = model.config.to_dict()
+    config.update(vocab_size=vocab, architectures=None)
+    cls = type(model)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cls.config_class.from_dict(config)).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    b = toy_setup(args, args.prompts)
+    student, tok_s, teacher, tok_t, sampling = b.student, b.tok_s, b.teacher, b.tok_t, b.sampling
+    prompts = [p.prompt for p in b.problems]
+    torch.manual_seed(0)
+    gens = generate(student, tok_s, prompts, args.n, sampling, autocast_dtype=torch.bfloat16)
+    finished = (~gens.truncated).view(len(prompts), args.n).tolist()
+    pairs = encode_pairs(tok_t, prompts, gens.texts, finished=finished)
+    lengths = [len(p.ids) for p in pairs]
+    scored = sum(len(p.ids) - p.prompt_len for p in pairs)
+    padding = pad_id(tok_t)
+    chunks = token_budget_chunks(lengths, args.max_tokens)
+    naive = [list(range(i, min(i + 64, len(pairs)))) for i in range(0, len(pairs), 64)]
+    print(
+        f"{len(pairs)} pairs ({args.prompts} prompts x n={args.n}), {sum(lengths)} tokens, "
+        f"{scored} scored; threads {torch.get_num_threads()}, token budget {args.max_tokens}"
+    )
+    print(
+        f"padding waste: length-sorted budget chunks {waste(lengths, chunks):.1%} "
+        f"({len(chunks)} passes), fixed batches of 64 in rollout order {waste(lengths, naive):.1%}"
+    )
+    models = [("toy teacher", teacher)]
+    models.append(("toy teacher, 32k vocab", large_vocab_copy(teacher, 32768)))
+    print(
+        f"\n{'model':<24} {'dtype':<9} {'plain fwd tok/s':>15} {'score_pairs tok/s':>17} "
+        f"{'ratio':>6} {'scored tok/s':>12}"
+    )
+    for label, model in models:
+        for dtype_name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+            plain = median_time(
+                lambda m=model, d=dtype: plain_forward(m, pairs, padding, args.max_tokens, d),
+                args.repeats,
+            )
+            ours = median_time(
+                lambda m=model, d=dtype: score_pairs(m, pairs, padding, args.max_tokens, "cpu", d),
+                args.repeats,
+            )
+            total = sum(lengths)
+            print(
+                f"{label:<24} {dtype_name:<9} {total / plain:15.0f} {total / ours:17.0f} "
+                f"{plain / ours:5.2f}x {scored / ours:12.0f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
