@@ -272,3 +272,42 @@ def test_calibration_token_cost_vs_paper_scheme(tok):
     reference = costs["pairwise", False]
     assert costs["pairwise", True] == 2 * reference
     assert costs["listwise", True] <= 1.5 * reference
+
+
+def test_option_letters_read_in_context_for_word_start_tokenizers():
+    # SentencePiece-style tokenizers write a lone letter as "▁" + letter: read alone, C and D
+    # share their first token; after the rendered MCQ prompt each letter is its own token
+    from tiny_models import make_tokenizer
+
+    from pad_lightning.chat import prompt_text
+
+    tok = make_tokenizer("metaspace")
+    with pytest.raises(ValueError, match="non-distinct"):
+        option_token_ids(tok, 4)
+    context = prompt_text(tok, mcq_prompt("rev abc", ["cba", "abc", "bca", "cab"]))
+    ids = option_token_ids(tok, 4, context)
+    assert len(set(ids)) == 4
+    for letter, i in zip("ABCD", ids, strict=True):
+        joint = tok(context + letter, add_special_tokens=False)["input_ids"]
+        assert joint[-1] == i and tok.decode([i]).strip() == letter
+
+
+def test_option_log_probs_lm_head_on_last_positions_only(tok, model):
+    # a real HF model takes logits_to_keep: same answer as reading full logits
+    class FullLogits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    prompts = [
+        encode_prompt(tok, mcq_prompt(q, ["cba", "abc", "bac"]))
+        for q in ("rev abc", "rev abcdef", "rev a", "rev ab")
+    ]
+    ids = option_token_ids(tok, 3)
+    with torch.no_grad():
+        kept = option_log_probs(model, prompts, ids, tok.pad_token_id)
+        full = option_log_probs(FullLogits(model), prompts, ids, tok.pad_token_id)
+    torch.testing.assert_close(kept, full, atol=1e-5, rtol=0)

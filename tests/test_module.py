@@ -202,3 +202,16 @@ def test_time_breakdown_per_epoch(tok):
     assert line.startswith("epoch 2/2: generation ") and "tok/s" in line and "peak RSS" in line
     summary = logger.summary()
     assert summary["epochs"] == 2 and summary["mean_epoch_s"] > summary["mean_training_s"] > 0
+
+
+def test_rounds_cover_the_pool_once_before_repeating(tok):
+    _, dm, _ = _setup(tok)  # pool of 40 prompts, 8 per round
+    per_round = [[p.prompt for p in dm.round_problems(e)] for e in range(5)]
+    first_pass = [p for r in per_round for p in r]
+    assert sorted(first_pass) == sorted(p.prompt for p in dm.train_problems)  # 5 x 8 = 40
+    nxt = [p.prompt for p in dm.round_problems(5)]
+    assert len(set(nxt)) == 8 and nxt != per_round[0]  # a new pass, reshuffled
+    assert per_round[1] == [p.prompt for p in dm.round_problems(1)]  # deterministic
+    # DDP: two ranks split one round's window without overlap
+    a, b = dm.round_problems(0, 0, 2), dm.round_problems(0, 1, 2)
+    assert len(a) == len(b) == 8 and not {p.prompt for p in a} & {p.prompt for p in b}

@@ -206,6 +206,7 @@ def test_self_teacher_control_is_one_override(tmp_path):
         ("loss.name=nope", "loss.name"),
         ("n=16", "n=16"),
         ("loss.divergence=tv", "loss.divergence"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
         ("calibration.mode=setwise", "calibration.mode"),
         ("decomposition=iterative decomposition.group_size=3", "decomposition.group_size"),
         ("model.zoo.cache_dir=/proc/forbidden", "model.zoo.cache_dir"),

@@ -23,8 +23,8 @@ import string
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .chat import EncodedPair, encode_prompt, pad_id
-from .rewards import pad_pairs, token_budget_chunks
+from .chat import EncodedPair, pad_id, prompt_text
+from .rewards import accepts_logits_to_keep, pad_pairs, token_budget_chunks
 
 DEFAULT_TEMPLATE = "Q: {question}\n{options}\nBest:"
 LETTERS = string.ascii_uppercase
@@ -37,13 +37,26 @@ def mcq_prompt(question: str, responses: list[str], template: str = DEFAULT_TEMP
     return template.format(question=question, options=options)
 
 
-def option_token_ids(tokenizer: PreTrainedTokenizerBase, k: int) -> list[int]:
-    """Token ids of the letters A.. (first token of each); must be k distinct ids."""
-    ids = [tokenizer(LETTERS[i], add_special_tokens=False)["input_ids"][0] for i in range(k)]
+def option_token_ids(tokenizer: PreTrainedTokenizerBase, k: int, context: str = "") -> list[int]:
+    """Token ids of the letters A.. as the first token of an answer after `context`; k distinct.
+
+    `context` is a rendered MCQ prompt (generation prompt included): each letter is tokenised
+    together with it and the first token after the context's own ids is taken, so tokenizers
+    that mark word starts (SentencePiece "▁C") give the token the model would produce there.
+    """
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+    ids = []
+    for letter in LETTERS[:k]:
+        joint = tokenizer(context + letter, add_special_tokens=False)["input_ids"]
+        if context and joint[: len(context_ids)] == context_ids and len(joint) > len(context_ids):
+            ids.append(joint[len(context_ids)])
+        else:
+            ids.append(tokenizer(letter, add_special_tokens=False)["input_ids"][0])
     if len(set(ids)) != k:
         raise ValueError(
             f"tokenizer {tokenizer.name_or_path!r} maps option letters A-"
-            f"{LETTERS[k - 1]} to non-distinct tokens; use calibration=none"
+            f"{LETTERS[k - 1]} to non-distinct first tokens; use calibration.mode=pairwise "
+            "(letters A, B), calibration.alpha=0, or a template/tokenizer with distinct letters"
         )
     return ids
 
@@ -64,11 +77,17 @@ def option_log_probs(
     for chunk in token_budget_chunks([len(p) for p in prompts], max_tokens):
         batch = pad_pairs([pairs[i] for i in chunk], pad_id).to(device)
         last = batch.attention_mask.sum(-1) - 1
+        # only each row's last position is read: the LM head runs on those columns alone
+        keep = last.unique() if accepts_logits_to_keep(type(model)) else None
+        kwargs = {} if keep is None else {"logits_to_keep": keep}
         with torch.autocast(
             device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        picked = logits[torch.arange(len(chunk), device=device), last][:, option_ids].float()
+            logits = model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs
+            ).logits
+        column = last if keep is None else torch.searchsorted(keep, last)
+        picked = logits[torch.arange(len(chunk), device=device), column][:, option_ids].float()
         out[chunk] = picked.log_softmax(-1).cpu()
     return out
 
@@ -149,20 +168,22 @@ def selection_log_probs(
     n = len(responses[0])
     orders = questions_for(mode, n, debias)
     k = len(orders[0])
-    encoded, index = [], []
+    encoded, index, first_text = [], [], ""
     for p, (question, group) in enumerate(zip(questions, responses, strict=True)):
         for q, order in enumerate(orders):
             options = [group[i] for i in order]
             if debias and len(set(options)) == 1:
                 continue
-            encoded.append(encode_prompt(tokenizer, mcq_prompt(question, options, template)))
+            text = prompt_text(tokenizer, mcq_prompt(question, options, template))
+            first_text = first_text or text
+            encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
             index.append((p, q))
     option_probs = torch.full((len(questions), len(orders), k), 1.0 / k)
     if encoded:
         logp = option_log_probs(
             model,
             encoded,
-            option_token_ids(tokenizer, k),
+            option_token_ids(tokenizer, k, first_text),
             pad_id(tokenizer),
             max_tokens,
             autocast_dtype,

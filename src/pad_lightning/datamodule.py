@@ -60,13 +60,29 @@ class RolloutDataModule(L.LightningDataModule):
         self.seed, self.eval_batch_size = seed, eval_batch_size
         self.last_rollout: Rollout | None = None
         self.epoch_stats: list[dict[str, float]] = []  # one entry per fresh rollout this epoch
+        self._order: tuple[int, list[int]] | None = None  # (pass index, shuffled pool order)
 
     def round_problems(self, epoch: int, rank: int = 0, world_size: int = 1) -> list:
-        """The prompts of the round starting at `epoch`: a seeded draw, sharded by rank."""
-        rng = random.Random(f"{self.seed}-round-{epoch}")
-        total = min(self.cfg.prompts_per_epoch * world_size, len(self.train_problems))
-        chosen = rng.sample(range(len(self.train_problems)), total)
+        """The prompts of the round starting at `epoch`, sharded by rank.
+
+        Rounds take consecutive windows of a seeded shuffle of the training pool, reshuffled for
+        every pass, so every prompt is used once before any is used again.
+        """
+        pool = len(self.train_problems)
+        total = min(self.cfg.prompts_per_epoch * world_size, pool)
+        round_index = epoch // max(self.cfg.every_n_epochs, 1)
+        chosen = [
+            self._pass_order(i // pool)[i % pool]
+            for i in range(round_index * total, (round_index + 1) * total)
+        ]
         return [self.train_problems[i] for i in chosen[rank::world_size]]
+
+    def _pass_order(self, index: int) -> list[int]:
+        if self._order is None or self._order[0] != index:
+            order = list(range(len(self.train_problems)))
+            random.Random(f"{self.seed}-pass-{index}").shuffle(order)
+            self._order = (index, order)
+        return self._order[1]
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

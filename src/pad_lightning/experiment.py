@@ -16,13 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from .calibration import mcq_prompt, option_token_ids
 from .callbacks import PARTS, RolloutLogger
+from .chat import prompt_text
 from .data import build_problems
 from .datamodule import RolloutConfig, RolloutDataModule
 from .evaluation import EvalConfig
 from .models import load_pair, save_student
 from .module import LossConfig, OptimConfig, PADModule
 from .rollout import CalibrationConfig, SamplingConfig
+from .validation import ConfigError
 
 console = Console()
 REPORTED = (
@@ -106,9 +109,12 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
     L.seed_everything(cfg.seed, verbose=False)
 
     student, tok_s, teacher, tok_t = load_pair(cfg.model)
+    _check_option_letters(cfg, tok_t)
     train, val, test = build_problems(cfg.data, tokenizer=tok_s)
     sampling, cal, rollout, loss, optim = _configs(cfg)
-    steps_per_epoch = rollout.rounds * math.ceil(rollout.prompts_per_epoch / rollout.batch_size)
+    batches_per_epoch = rollout.rounds * math.ceil(rollout.prompts_per_epoch / rollout.batch_size)
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # configs saved before it: 1
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)  # Lightning steps at epoch end
     module = PADModule(
         student,
         teacher,
@@ -163,6 +169,7 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
+        accumulate_grad_batches=accumulate,
         logger=logger,
         callbacks=[rollout_logger, checkpoints, RichProgressBar()],
         reload_dataloaders_every_n_epochs=rollout.every_n_epochs,
@@ -215,6 +222,20 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         report(summary)
         return summary_file
     return None
+
+
+def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
+    """Calibration needs one distinct token per option letter in the teacher's tokenizer."""
+    cal, dec = cfg.calibration, cfg.decomposition
+    if cal.name != "mcq" or cal.alpha == 0:
+        return
+    per_round = dec.group_size if dec.name == "iterative" else cfg.n
+    k = 2 if cal.mode == "pairwise" else per_round
+    try:
+        context = prompt_text(teacher_tokenizer, mcq_prompt("q", ["a", "b"], cal.template))
+        option_token_ids(teacher_tokenizer, k, context)
+    except ValueError as err:
+        raise ConfigError(f"calibration.mode={cal.mode}: {err}") from None
 
 
 def _test(trainer: L.Trainer, module: PADModule, datamodule, tag: str) -> dict[str, float]:

@@ -42,7 +42,8 @@ def pad_pairs(pairs: list[EncodedPair], pad_id: int) -> PaddedBatch:
 
 
 @lru_cache(maxsize=64)
-def _accepts_logits_to_keep(forward_cls: type) -> bool:
+def accepts_logits_to_keep(forward_cls: type) -> bool:
+    """Whether a model class's forward takes `logits_to_keep` (most HF causal LMs)."""
     try:
         return "logits_to_keep" in inspect.signature(forward_cls.forward).parameters
     except (TypeError, ValueError):
@@ -59,7 +60,7 @@ def response_logits(model: torch.nn.Module, batch: PaddedBatch) -> tuple[torch.T
     scored_cols = batch.score_mask.any(0).nonzero()
     first = max(int(scored_cols[0]) - 1, 0) if len(scored_cols) else 0
     kwargs = {}
-    if first > 0 and _accepts_logits_to_keep(type(model)):
+    if first > 0 and accepts_logits_to_keep(type(model)):
         kwargs["logits_to_keep"] = batch.input_ids.shape[1] - first
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
     if "logits_to_keep" not in kwargs:

@@ -134,6 +134,11 @@ def check(cfg) -> None:
     _require(
         cfg.trainer.max_epochs >= 1, f"trainer.max_epochs={cfg.trainer.max_epochs!r}: must be >= 1"
     )
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    _require(
+        isinstance(accumulate, int) and not isinstance(accumulate, bool) and accumulate >= 1,
+        f"trainer.accumulate_grad_batches={accumulate!r}: must be an integer >= 1",
+    )
     _require(
         cfg.trainer.inference_dtype in ("bfloat16", "float16", "float32"),
         f"trainer.inference_dtype={cfg.trainer.inference_dtype!r}: valid: bfloat16, "
