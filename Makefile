@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: help setup run test lint bench ui
+.PHONY: help setup run test lint bench bench-epoch ui
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,8 +29,13 @@ lint: setup ## ruff check and format check
 	$(VENV)/bin/ruff check src tests experiments
 	$(VENV)/bin/ruff format --check src tests experiments
 
-bench: setup ## Preference-math benchmark (ratios against a reference measured in the same run)
+bench: setup ## Benchmarks: preference math, teacher scoring, calibration (ratios vs references run alongside)
 	$(OFFLINE) $(PY) experiments/bench_preference.py
+	$(OFFLINE) $(PY) experiments/bench_scoring.py
+	$(OFFLINE) $(PY) experiments/bench_calibration.py
+
+bench-epoch: setup ## Epoch time of the default run: this tree vs REF (default c719095), n=4 vs n=8
+	$(OFFLINE) $(PY) experiments/bench_epoch.py $(if $(REF),--ref $(REF),)
 
 ui: setup ## Open the MLflow UI on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -10,6 +10,8 @@ import json
 import statistics
 from pathlib import Path
 
+PARTS = ("generation", "teacher_scoring", "calibration", "training", "validation", "other")
+
 
 def load(dirs: list[str]) -> list[dict]:
     summaries = []
@@ -23,7 +25,8 @@ def load(dirs: list[str]) -> list[dict]:
 
 def fmt(values: list[float]) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} +- {std:.3f}"
+    digits = 0 if abs(statistics.mean(values)) >= 1000 else 3
+    return f"{statistics.mean(values):.{digits}f} +- {std:.{digits}f}"
 
 
 def main() -> None:
@@ -48,6 +51,18 @@ def main() -> None:
         f"fit seconds: {fmt(fit)}; total seconds: "
         f"{fmt([s['timings']['total_s'] for s in summaries])}"
     )
+    print("| per epoch | seconds | tokens/s |")
+    print("|---|---|---|")
+    for part in ("epoch", *PARTS):
+        key = f"mean_{part}_s"
+        if all(key in s["timings"] for s in summaries):
+            rate = f"mean_{part}_tokens_per_s"
+            tokens = (
+                fmt([s["timings"][rate] for s in summaries])
+                if all(rate in s["timings"] for s in summaries)
+                else "-"
+            )
+            print(f"| {part} | {fmt([s['timings'][key] for s in summaries])} | {tokens} |")
 
 
 if __name__ == "__main__":

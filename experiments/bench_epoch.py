@@ -68,8 +68,8 @@ def main() -> None:
             print(
                 f"{'case':<28} {'tree':<5} {'s/epoch':>8} " + " ".join(f"{p[:9]:>9}" for p in PARTS)
             )
-            for label, tree, overrides in CASES:
-                workdir = tmp / f"{tree}-{len(overrides)}-{label.replace(' ', '_')}"
+            for case, (label, tree, overrides) in enumerate(CASES):
+                workdir = tmp / f"case{case}"  # no '=' in paths: they go into Hydra overrides
                 workdir.mkdir()
                 summary = run_case(trees[tree], overrides, args.epochs, workdir)
                 t = summary["timings"]

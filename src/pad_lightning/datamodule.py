@@ -32,7 +32,7 @@ from .rollout import CalibrationConfig, Rollout, SamplingConfig, collect
 class RolloutConfig:
     n: int = 4
     prompts_per_epoch: int = 64
-    batch_size: int = 64  # prompts per optimizer step (each with n responses)
+    batch_size: int = 64  # prompts per forward/backward pass (each with n responses)
     every_n_epochs: int = 1  # 0: generate once (offline, like the paper's public code)
     max_tokens: int = 16384  # padded tokens per teacher forward pass
     sample_log_prompts: int = 8  # prompts per rollout sample table logged to MLflow

@@ -25,7 +25,7 @@ from .validation import ConfigError, check  # noqa: E402
 
 warnings.filterwarnings(
     "ignore",
-    message=r".*(LeafSpec|litlogger|does not have many workers|in eval mode at the start).*",
+    message=r".*(LeafSpec|litlogger|does not have many workers|in eval mode at the start|`IterableDataset` has `__len__`).*",
 )
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
