@@ -5,6 +5,8 @@ Tests must not mutate these objects; build a fresh model where a test needs to.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -24,6 +26,8 @@ SINGLE_THREAD_MODULES = {
     "test_calibration",
     "test_rollout",
     "test_metrics",
+    "test_models",
+    "test_generate",
 }
 
 
@@ -61,22 +65,51 @@ def teacher(tok):
     return tiny_model(tok, seed=1)
 
 
-@pytest.fixture(scope="session")
-def sharp_model(tok):
-    """A tiny model with scaled-up weights, so its outputs depend strongly on the input.
+def sharpen(model, tok):
+    """Scale up a tiny model's weights so its outputs depend strongly on the input (in place).
 
     Special tokens other than `<|end|>` are suppressed in generation so that greedy texts are
     non-empty printable strings that reveal any change in the generated token ids.
     """
-    m = tiny_model(tok, seed=0)
     with torch.no_grad():
-        for name, p in m.named_parameters():
+        for name, p in model.named_parameters():
             if "norm" not in name:
                 p.mul_(30)
-    m.generation_config.suppress_tokens = [
+    model.generation_config.suppress_tokens = [
         tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS if t != "<|end|>"
     ]
-    return m
+    return model
+
+
+@pytest.fixture(scope="session")
+def sharp_model(tok):
+    """A tiny model whose greedy outputs reveal any change of input (see `sharpen`)."""
+    return sharpen(tiny_model(tok, seed=0), tok)
+
+
+class FullLogits(torch.nn.Module):
+    """Wraps a causal LM so its forward lacks `logits_to_keep` (full logits at every position)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def subprocess_env(root) -> dict[str, str]:
+    """Environment of an end-to-end `python -m pad_lightning.*` run: offline, caches in `root`."""
+    env = dict(
+        os.environ,
+        PAD_LIGHTNING_CACHE=str(root / "cache"),
+        HF_DATASETS_CACHE=str(root / "datasets-cache"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import FullLogits
 
 from pad_lightning.calibration import (
     DEFAULT_TEMPLATE,
@@ -294,14 +295,6 @@ def test_option_letters_read_in_context_for_word_start_tokenizers():
 
 def test_option_log_probs_lm_head_on_last_positions_only(tok, model):
     # a real HF model takes logits_to_keep: same answer as reading full logits
-    class FullLogits(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask=None):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
-
     prompts = [
         encode_prompt(tok, mcq_prompt(q, ["cba", "abc", "bac"]))
         for q in ("rev abc", "rev abcdef", "rev a", "rev ab")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import sharpen, tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pad_lightning.generate import (
@@ -22,8 +23,7 @@ from pad_lightning.generate import (
     resolve_run_student,
 )
 from pad_lightning.rollout import SamplingConfig, generate
-from pad_lightning.toy.tokenizer import SPECIAL_TOKENS, build_char_tokenizer
-from pad_lightning.toy.zoo import ModelSpec, build_model
+from pad_lightning.toy.tokenizer import build_char_tokenizer
 
 MAX_NEW = 10
 ALPACA = [
@@ -42,14 +42,6 @@ ARENA = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory) -> Path:
     """A saved tiny student whose greedy outputs depend strongly on the prompt.
@@ -58,15 +50,7 @@ def student_dir(tmp_path_factory) -> Path:
     generation_config.json), so answers are printable texts that reveal any change of prompt.
     """
     tok = build_char_tokenizer()
-    spec = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-    model = build_model(spec, tok, seed=0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(30)
-    model.generation_config.suppress_tokens = [
-        tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS if t != "<|end|>"
-    ]
+    model = sharpen(tiny_model(tok, seed=0), tok)
     path = tmp_path_factory.mktemp("run") / "student"
     model.save_pretrained(path)
     tok.save_pretrained(path)

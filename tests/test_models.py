@@ -31,14 +31,6 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 PROMPTS = ["rev abc", "sort 3 1 2", "Which option is better? A or B"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from conftest import subprocess_env
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -212,19 +212,6 @@ def test_student_dtype_keeps_the_first_adamw_step_at_the_preset_lr(preset):
 # -- end to end ------------------------------------------------------------------------------
 
 
-def _env(root: Path) -> dict[str, str]:
-    env = dict(
-        os.environ,
-        PAD_LIGHTNING_CACHE=str(root / "cache"),
-        HF_DATASETS_CACHE=str(root / "datasets-cache"),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
 def _run(assets, preset: str, name: str, *overrides: str) -> SimpleNamespace:
     """One `python -m pad_lightning.run experiment=<preset>` in a subprocess; its summary."""
     run_dir = assets.root / name
@@ -241,7 +228,12 @@ def _run(assets, preset: str, name: str, *overrides: str) -> SimpleNamespace:
         f"hydra.run.dir={run_dir}",
     ]
     proc = subprocess.run(
-        cmd, cwd=assets.root, env=_env(assets.root), capture_output=True, text=True, timeout=600
+        cmd,
+        cwd=assets.root,
+        env=subprocess_env(assets.root),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, f"{preset} run failed:\n{proc.stderr[-4000:]}"
     summary_file = Path(proc.stdout.strip().splitlines()[-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import torch
+from conftest import FullLogits
 
 from pad_lightning.chat import EncodedPair, encode_pairs
 from pad_lightning.rewards import (
@@ -124,17 +125,6 @@ def test_gradients_flow(tok, make_model):
     assert after.mean() > rewards.mean()
 
 
-class _NoKeepWrapper(torch.nn.Module):
-    """A causal LM whose forward has no `logits_to_keep` (full logits every position)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, input_ids, attention_mask=None):
-        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
-
-
 def test_lm_head_skipped_on_prompt_positions(tok, model):
     from pad_lightning.rewards import response_logits
 
@@ -142,7 +132,7 @@ def test_lm_head_skipped_on_prompt_positions(tok, model):
     shortest_prompt = min(p.prompt_len for p in _pairs(tok))
     with torch.no_grad():
         logits, first = response_logits(model, batch)
-        full, first_full = response_logits(_NoKeepWrapper(model), batch)
+        full, first_full = response_logits(FullLogits(model), batch)
         reference = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert first == first_full == shortest_prompt - 1
     assert logits.shape[1] == batch.input_ids.shape[1] - first  # fewer LM-head rows
@@ -150,5 +140,5 @@ def test_lm_head_skipped_on_prompt_positions(tok, model):
     torch.testing.assert_close(full, reference[:, first:])
     with torch.no_grad():
         torch.testing.assert_close(
-            token_log_probs(model, batch), token_log_probs(_NoKeepWrapper(model), batch)
+            token_log_probs(model, batch), token_log_probs(FullLogits(model), batch)
         )

@@ -13,21 +13,10 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    env = dict(
-        os.environ,
-        PAD_LIGHTNING_CACHE=str(tmp / "cache"),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
 
 
 def _cmd(tmp: Path, *overrides: str) -> list[str]:
@@ -43,7 +32,12 @@ def _cmd(tmp: Path, *overrides: str) -> list[str]:
 
 def run(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        _cmd(tmp, *overrides), cwd=tmp, env=_env(tmp), capture_output=True, text=True, timeout=600
+        _cmd(tmp, *overrides),
+        cwd=tmp,
+        env=subprocess_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -140,7 +134,7 @@ def test_multirun_logs_one_mlflow_run_per_job(tmp_path):
             "--multirun",
         ],
         cwd=tmp_path,
-        env=_env(tmp_path),
+        env=subprocess_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=600,
@@ -161,7 +155,7 @@ def test_killed_run_resumes_into_the_same_mlflow_run(tmp_path, sig):
     proc = subprocess.Popen(
         cmd,
         cwd=tmp_path,
-        env=_env(tmp_path),
+        env=subprocess_env(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
