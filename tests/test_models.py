@@ -538,3 +538,37 @@ def test_save_full_student(tmp_path, folders):
     torch.testing.assert_close(
         logits(AutoModelForCausalLM.from_pretrained(out), ids), logits(student, ids)
     )
+
+
+def test_lora_checkpoint_holds_adapters_only_and_restores_them(folders):
+    def module_for(student, teacher, tok_s, tok_t):
+        return PADModule(
+            student,
+            teacher,
+            tok_s,
+            tok_t,
+            LossConfig("ppd"),
+            OptimConfig(),
+            EvalConfig(2, SamplingConfig(), CalibrationConfig("none")),
+            total_steps=1,
+            inference_dtype="float32",
+        )
+
+    cfg = model_cfg(folders["metaspace"], folders["bytelevel"], lora=LORA)
+    student, tok_s, teacher, tok_t = load_pair(cfg)
+    roll = rollout(student, tok_s, teacher, tok_t, 2)
+    pad_step(student, tok_s, teacher, tok_t, roll, 2)  # adapters move away from their init
+    checkpoint = {"state_dict": module_for(student, teacher, tok_s, tok_t).state_dict()}
+    module_for(student, teacher, tok_s, tok_t).on_save_checkpoint(checkpoint)
+    saved = checkpoint["state_dict"]
+    trainable = {f"student.{k}" for k, p in student.named_parameters() if p.requires_grad}
+    assert set(saved) == trainable  # no frozen base weights, no teacher
+
+    fresh, tok_s2, teacher2, tok_t2 = load_pair(cfg)  # resume: base reloaded from its path
+    resumed = module_for(fresh, teacher2, tok_s2, tok_t2)
+    resumed.on_load_checkpoint(checkpoint)  # accepted: nothing trainable is missing
+    resumed.load_state_dict(saved, strict=False)
+    for name, value in student.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+    with pytest.raises(ValueError, match="student weights"):
+        resumed.on_load_checkpoint({"state_dict": {}})

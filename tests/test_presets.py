@@ -336,7 +336,6 @@ def test_lora_run_on_the_presets_own_data_group_saves_a_merged_student(assets):
     assert saved.keys() == initial.keys()  # no lora_A / lora_B / base_layer names
     changed = {k for k in saved if not torch.equal(saved[k], initial[k])}
     assert changed and all(k.endswith("proj.weight") for k in changed)  # only adapted linears
-    # The checkpoint holds the peft student (base + adapters), never the teacher.
+    # The checkpoint holds the trainable adapters only: no frozen base weights, no teacher.
     state = torch.load(done.dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert all(k.startswith("student.") for k in state)
-    assert any(".lora_A." in k for k in state)
+    assert state and all(".lora_A." in k or ".lora_B." in k for k in state)

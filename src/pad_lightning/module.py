@@ -121,14 +121,25 @@ class PADModule(L.LightningModule):
         return INFERENCE_DTYPES[self.inference_dtype]
 
     # -- checkpoints ----------------------------------------------------------------------
+    def _frozen_student_keys(self) -> set[str]:
+        """State-dict keys of frozen student weights (a LoRA student's base model)."""
+        return {f"student.{n}" for n, p in self.student.named_parameters() if not p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep what training changes: the teacher and a LoRA student's frozen base weights are
+        reloaded from their model paths on resume, so a checkpoint holds adapters, not 2.6B
+        frozen parameters."""
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("teacher.")]:
+        frozen = self._frozen_student_keys()
+        for key in [k for k in state if k.startswith("teacher.") or k in frozen]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        frozen = self._frozen_student_keys()
         missing = [
-            k for k in self.student.state_dict() if f"student.{k}" not in checkpoint["state_dict"]
+            k
+            for k in self.student.state_dict()
+            if f"student.{k}" not in checkpoint["state_dict"] and f"student.{k}" not in frozen
         ]
         if missing:
             raise ValueError(
