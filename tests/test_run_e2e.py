@@ -148,6 +148,10 @@ def test_multirun_logs_one_mlflow_run_per_job(tmp_path):
     assert sorted(client.get_run(i).data.params["n"] for i in ids) == ["2", "4"]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
 def test_killed_run_resumes_into_the_same_mlflow_run(tmp_path, sig):
     run_dir = tmp_path / "run"
@@ -159,6 +163,9 @@ def test_killed_run_resumes_into_the_same_mlflow_run(tmp_path, sig):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        # a test run launched in the background (`cmd &` without job control) inherits SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler: restore the default
+        preexec_fn=_default_sigint,
     )
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
