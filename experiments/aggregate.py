@@ -10,7 +10,7 @@ import json
 import statistics
 from pathlib import Path
 
-PARTS = ("generation", "teacher_scoring", "calibration", "training", "validation", "other")
+from pad_lightning.callbacks import PARTS
 
 
 def load(dirs: list[str]) -> list[dict]:

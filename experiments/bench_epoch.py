@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pad_lightning.callbacks import PARTS
+
 REPO = Path(__file__).resolve().parents[1]
 CASES = [  # (label, tree, overrides)
     ("n=4 (default)", "ref", []),
@@ -27,7 +29,6 @@ CASES = [  # (label, tree, overrides)
     ("n=8 calibration.alpha=0.8", "ref", ["n=8", "calibration.alpha=0.8"]),
     ("n=8 calibration.alpha=0.8", "this", ["n=8", "calibration.alpha=0.8"]),
 ]
-PARTS = ("generation", "teacher_scoring", "calibration", "training", "validation", "other")
 
 
 def run_case(tree: Path, overrides: list[str], epochs: int, workdir: Path) -> dict:

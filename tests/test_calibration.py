@@ -18,7 +18,6 @@ from pad_lightning.calibration import (
     option_log_probs,
     option_token_ids,
     pairwise_questions,
-    pairwise_selection_log_probs,
     selection_log_probs,
     win_matrix,
 )
@@ -100,11 +99,11 @@ def test_debias_removes_position_bias(tok):
     fake = FakeLM(tok, lambda s: torch.full_like(s, 1.5))  # always prefers option A
     questions = ["rev abc", "sort 2 1"]
     responses = [["cba", "abc", "bca", "xyz"], ["1 2", "2 1", "12", "1"]]
-    logp, _ = pairwise_selection_log_probs(fake, tok, questions, responses, debias=True)
+    logp, _ = selection_log_probs(fake, tok, questions, responses, "pairwise", True)
     assert logp.shape == (2, 4)
     torch.testing.assert_close(logp.exp(), torch.full((2, 4), 0.5))
 
-    logp, _ = pairwise_selection_log_probs(fake, tok, questions, responses, debias=False)
+    logp, _ = selection_log_probs(fake, tok, questions, responses, "pairwise", False)
     p_a = 1 / (1 + math.exp(-1.5))
     p_sel = logp.exp()
     # response k is first in the (n-1-k) pairs with later responses: mean win (n-1-k)pA+k(1-pA)
@@ -144,7 +143,7 @@ def test_pairwise_selection_matches_reference(tok, debias):
     questions = ["rev abc", "sort 3 1"]
     responses = [["cba", "cba", "abc"], ["1 3", "3 1", "13"]]
     n = 3
-    logp, n_tokens = pairwise_selection_log_probs(fake, tok, questions, responses, debias=debias)
+    logp, n_tokens = selection_log_probs(fake, tok, questions, responses, "pairwise", debias)
 
     expected, tokens = torch.zeros(2, n), 0
     for p, (q, group) in enumerate(zip(questions, responses, strict=True)):
@@ -178,17 +177,17 @@ def test_identical_responses_not_asked(tok):
     fake = FakeLM(tok, _content_logit)
     same = [["ab", "ab", "cd"]]
     different = [["ab", "ba", "cd"]]  # same lengths, all distinct
-    _, tokens_same = pairwise_selection_log_probs(fake, tok, ["q"], same, debias=True)
+    _, tokens_same = selection_log_probs(fake, tok, ["q"], same, "pairwise", True)
     rows_same = fake.rows_seen
     fake.rows_seen = 0
-    _, tokens_diff = pairwise_selection_log_probs(fake, tok, ["q"], different, debias=True)
+    _, tokens_diff = selection_log_probs(fake, tok, ["q"], different, "pairwise", True)
     assert fake.rows_seen == 6 and rows_same == 4
     per_question = len(encode_prompt(tok, mcq_prompt("q", ["ab", "cd"])))
     assert tokens_diff - tokens_same == 2 * per_question
 
     # all identical: nothing asked, every win probability is exactly 1/2
     fake.rows_seen = 0
-    logp, tokens = pairwise_selection_log_probs(fake, tok, ["q"], [["x"] * 4], debias=True)
+    logp, tokens = selection_log_probs(fake, tok, ["q"], [["x"] * 4], "pairwise", True)
     assert tokens == 0 and fake.rows_seen == 0
     torch.testing.assert_close(logp, torch.full((1, 4), math.log(0.5)))
 

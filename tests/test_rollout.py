@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pad_lightning.calibration import mix, pairwise_selection_log_probs
+from pad_lightning.calibration import mix, selection_log_probs
 from pad_lightning.chat import encode_pairs
 from pad_lightning.rewards import score_pairs
 from pad_lightning.rollout import CalibrationConfig, SamplingConfig, collect, generate
@@ -113,7 +113,7 @@ def test_collect_mcq(tok, model, teacher, debias):
         model, tok, teacher, tok, prompts, n, SamplingConfig(max_new_tokens=6), calibration
     )
     _check_rollout(roll, tok, teacher, prompts, n)
-    log_p_sel, tokens = pairwise_selection_log_probs(teacher, tok, prompts, roll.texts, debias)
+    log_p_sel, tokens = selection_log_probs(teacher, tok, prompts, roll.texts, "pairwise", debias)
     torch.testing.assert_close(roll.log_p_sel, log_p_sel)
     assert roll.tokens["calibration"] == tokens
     torch.testing.assert_close(roll.teacher_scores, mix(roll.teacher_rewards, log_p_sel, 0.8))

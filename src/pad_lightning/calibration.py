@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .chat import EncodedPair, pad_id, prompt_text
-from .rewards import accepts_logits_to_keep, pad_pairs, token_budget_chunks
+from .rewards import logits_at, pad_pairs, token_budget_chunks
 
 DEFAULT_TEMPLATE = "Q: {question}\n{options}\nBest:"
 LETTERS = string.ascii_uppercase
@@ -77,16 +77,12 @@ def option_log_probs(
     for chunk in token_budget_chunks([len(p) for p in prompts], max_tokens):
         batch = pad_pairs([pairs[i] for i in chunk], pad_id).to(device)
         last = batch.attention_mask.sum(-1) - 1
-        # only each row's last position is read: the LM head runs on those columns alone
-        keep = last.unique() if accepts_logits_to_keep(type(model)) else None
-        kwargs = {} if keep is None else {"logits_to_keep": keep}
+        keep = last.unique()  # only each row's last position is read
         with torch.autocast(
             device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
-            logits = model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs
-            ).logits
-        column = last if keep is None else torch.searchsorted(keep, last)
+            logits = logits_at(model, batch, keep)
+        column = torch.searchsorted(keep, last)
         picked = logits[torch.arange(len(chunk), device=device), column][:, option_ids].float()
         out[chunk] = picked.log_softmax(-1).cpu()
     return out
@@ -192,30 +188,6 @@ def selection_log_probs(
         option_probs[list(rows), list(cols)] = logp.exp()
     p_sel = selection_probs(option_probs, orders, mode, n, debias)
     return p_sel.clamp_min(1e-12).log(), sum(len(e) for e in encoded)
-
-
-def pairwise_selection_log_probs(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    questions: list,
-    responses: list[list[str]],
-    debias: bool = True,
-    template: str = DEFAULT_TEMPLATE,
-    max_tokens: int = 16384,
-    autocast_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, int]:
-    """`selection_log_probs` in pairwise mode: log mean win probability, [P, n], and tokens."""
-    return selection_log_probs(
-        model,
-        tokenizer,
-        questions,
-        responses,
-        "pairwise",
-        debias,
-        template,
-        max_tokens,
-        autocast_dtype,
-    )
 
 
 def mix(teacher_rewards: torch.Tensor, log_p_sel: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -22,19 +22,29 @@ def peak_memory_mb() -> dict[str, float]:
 PARTS = ("generation", "teacher_scoring", "calibration", "training", "validation", "other")
 
 
-def time_line(epoch: int, max_epochs: int, stats: dict[str, float]) -> str:
-    """One terminal line: seconds (and tokens/s) of each part of an epoch, and peak memory."""
+def parts_text(
+    values: dict[str, float], seconds_key: str, rate_key: str, omit_zero: tuple[str, ...] = ()
+) -> str:
+    """ "generation 0.13s (14.3k tok/s), ..." for the parts of `PARTS` present in `values`,
+    read at `seconds_key.format(part)` and `rate_key.format(part)`; parts in `omit_zero` are
+    left out when their seconds are 0."""
     parts = []
     for part in PARTS:
-        seconds = stats.get(f"time/{part}_s")
-        if seconds is None or (part == "validation" and seconds == 0):
+        seconds = values.get(seconds_key.format(part))
+        if seconds is None or (part in omit_zero and seconds == 0):
             continue
-        rate = stats.get(f"throughput/{part}_tokens_per_s")
+        rate = values.get(rate_key.format(part))
         parts.append(f"{part} {seconds:.2f}s" + (f" ({rate / 1000:.1f}k tok/s)" if rate else ""))
+    return ", ".join(parts)
+
+
+def time_line(epoch: int, max_epochs: int, stats: dict[str, float]) -> str:
+    """One terminal line: seconds (and tokens/s) of each part of an epoch, and peak memory."""
+    parts = parts_text(stats, "time/{}_s", "throughput/{}_tokens_per_s", ("validation",))
     memory = f"peak RSS {stats['memory/peak_rss_mb']:.0f} MB"
     if "memory/peak_cuda_mb" in stats:
         memory += f", CUDA {stats['memory/peak_cuda_mb']:.0f} MB"
-    return f"epoch {epoch + 1}/{max_epochs}: " + ", ".join(parts) + f"; {memory}"
+    return f"epoch {epoch + 1}/{max_epochs}: {parts}; {memory}"
 
 
 class RolloutLogger(L.Callback):

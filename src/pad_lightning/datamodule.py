@@ -184,7 +184,7 @@ def collate(items: list, pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def rollout_stats(roll: Rollout, problems: list, beta_teacher: float = 1.0) -> dict[str, float]:
-    """Per-round statistics: lengths, diversity, teacher ranking entropy, time and tokens/s."""
+    """Per-round statistics: lengths, diversity, teacher ranking entropy, seconds and tokens."""
     distinct = distinct_fraction(roll.texts)
     stats = {
         "rollout/response_length": float(roll.lengths.mean()),
@@ -201,9 +201,8 @@ def rollout_stats(roll: Rollout, problems: list, beta_teacher: float = 1.0) -> d
     for part, seconds in roll.seconds.items():
         stats[f"time/{part}_s"] = seconds
         tokens = roll.tokens.get("generated" if part == "generation" else part)
-        if tokens:
+        if tokens:  # throughput: see combine_rounds
             stats[f"tokens/{part}"] = tokens
-            stats[f"throughput/{part}_tokens_per_s"] = tokens / max(seconds, 1e-9)
     q = quality_matrix(roll.texts, problems)
     if q is not None:
         stats["rollout/sample_quality"] = float(q.mean())
@@ -218,7 +217,7 @@ def combine_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
         values = [r[key] for r in rounds if key in r]
         if key.startswith(("time/", "tokens/")):
             out[key] = sum(values)
-        elif not key.startswith("throughput/"):
+        else:
             out[key] = sum(values) / len(values)
     for key in [k for k in out if k.startswith("tokens/")]:
         part = key[len("tokens/") :]

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .calibration import mcq_prompt, option_token_ids
-from .callbacks import PARTS, RolloutLogger
+from .callbacks import RolloutLogger, parts_text
 from .chat import prompt_text
 from .data import build_problems
 from .datamodule import RolloutConfig, RolloutDataModule
@@ -25,7 +25,7 @@ from .evaluation import EvalConfig
 from .models import load_pair, save_student
 from .module import LossConfig, OptimConfig, PADModule
 from .rollout import CalibrationConfig, SamplingConfig
-from .validation import ConfigError
+from .validation import ConfigError, responses_per_round
 
 console = Console()
 REPORTED = (
@@ -69,7 +69,7 @@ def _configs(cfg: DictConfig) -> tuple:
     dec = cfg.decomposition
     group_size = dec.group_size if dec.name in ("split", "iterative") else None
     # iterative: n / k rounds per epoch of k fresh samples each; split: one rollout of n
-    per_round = group_size if dec.name == "iterative" else cfg.n
+    per_round = responses_per_round(cfg)
     rollout = RolloutConfig(
         per_round,
         roll.prompts_per_epoch,
@@ -226,11 +226,10 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
 
 def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
     """Calibration needs one distinct token per option letter in the teacher's tokenizer."""
-    cal, dec = cfg.calibration, cfg.decomposition
+    cal = cfg.calibration
     if cal.name != "mcq" or cal.alpha == 0:
         return
-    per_round = dec.group_size if dec.name == "iterative" else cfg.n
-    k = 2 if cal.mode == "pairwise" else per_round
+    k = 2 if cal.mode == "pairwise" else responses_per_round(cfg)
     try:
         context = prompt_text(teacher_tokenizer, mcq_prompt("q", ["a", "b"], cal.template))
         option_token_ids(teacher_tokenizer, k, context)
@@ -257,15 +256,9 @@ def report(summary: dict) -> None:
             table.add_row(name, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
     console.print(table)
     times = summary["timings"]
-    parts = []
-    for part in PARTS:
-        seconds = times.get(f"mean_{part}_s")
-        if seconds is None:
-            continue
-        rate = times.get(f"mean_{part}_tokens_per_s")
-        parts.append(f"{part} {seconds:.2f}s" + (f" ({rate / 1000:.1f}k tok/s)" if rate else ""))
+    parts = parts_text(times, "mean_{}_s", "mean_{}_tokens_per_s")
     console.print(
-        f"mean epoch {times.get('mean_epoch_s', 0):.2f}s: {', '.join(parts)}; "
+        f"mean epoch {times.get('mean_epoch_s', 0):.2f}s: {parts}; "
         f"fit {times['fit_s']:.0f}s, total {times['total_s']:.0f}s; "
         f"MLflow run {summary['mlflow_run_id']}"
     )

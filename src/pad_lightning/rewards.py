@@ -42,7 +42,7 @@ def pad_pairs(pairs: list[EncodedPair], pad_id: int) -> PaddedBatch:
 
 
 @lru_cache(maxsize=64)
-def accepts_logits_to_keep(forward_cls: type) -> bool:
+def _accepts_logits_to_keep(forward_cls: type) -> bool:
     """Whether a model class's forward takes `logits_to_keep` (most HF causal LMs)."""
     try:
         return "logits_to_keep" in inspect.signature(forward_cls.forward).parameters
@@ -50,22 +50,30 @@ def accepts_logits_to_keep(forward_cls: type) -> bool:
         return False
 
 
+def logits_at(model: torch.nn.Module, batch: PaddedBatch, keep: int | torch.Tensor) -> torch.Tensor:
+    """Logits at some positions only, ``[N, K, V]``: the last ``keep`` positions (an int), or
+    the positions of a sorted 1-D index tensor.
+
+    Models that take ``logits_to_keep`` (most HF causal LMs) run their LM head on those
+    positions alone, which saves time and memory on large vocabularies; others are sliced.
+    """
+    if _accepts_logits_to_keep(type(model)):
+        return model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
+        ).logits
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return logits[:, -keep:] if isinstance(keep, int) else logits[:, keep]
+
+
 def response_logits(model: torch.nn.Module, batch: PaddedBatch) -> tuple[torch.Tensor, int]:
     """Logits from the first position that predicts a scored token on: ``(logits, first)``.
 
-    ``logits[:, j]`` is the output at position ``first + j``. Prompt positions before the
-    shortest prompt's end predict no scored token; models that take ``logits_to_keep`` (most
-    HF causal LMs) skip their LM head there, which saves time and memory on large vocabularies.
+    ``logits[:, j]`` is the output at position ``first + j``; prompt positions before the
+    shortest prompt's end predict no scored token and skip the LM head (see `logits_at`).
     """
     scored_cols = batch.score_mask.any(0).nonzero()
     first = max(int(scored_cols[0]) - 1, 0) if len(scored_cols) else 0
-    kwargs = {}
-    if first > 0 and accepts_logits_to_keep(type(model)):
-        kwargs["logits_to_keep"] = batch.input_ids.shape[1] - first
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
-    if "logits_to_keep" not in kwargs:
-        logits = logits[:, first:]
-    return logits, first
+    return logits_at(model, batch, batch.input_ids.shape[1] - first), first
 
 
 def token_log_probs(model: torch.nn.Module, batch: PaddedBatch) -> torch.Tensor:

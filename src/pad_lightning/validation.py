@@ -18,6 +18,12 @@ class ConfigError(ValueError):
     """A bad config value; the message is one line and names the key."""
 
 
+def responses_per_round(cfg) -> int:
+    """Responses sampled per prompt in one rollout round: k for decomposition=iterative, else n."""
+    dec = cfg.decomposition
+    return dec.group_size if dec.name == "iterative" else cfg.n
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -107,7 +113,7 @@ def check(cfg) -> None:
             f"<= {limit}; use {', or '.join(ways)}",
         )
     if cal.name == "mcq" and cal.alpha > 0 and cal.mode == "listwise":
-        listed = group if dec.name == "iterative" else n  # responses of one rollout round
+        listed = responses_per_round(cfg)
         _require(
             listed <= len(LETTERS),
             f"calibration.mode=listwise: one question lists all {listed} responses, but there "
