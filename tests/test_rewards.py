@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from conftest import FullLogits
 
 from pad_lightning.chat import EncodedPair, encode_pairs
 from pad_lightning.rewards import (
+    length_normalised,
     pad_pairs,
     score_pairs,
     sequence_rewards,
@@ -142,3 +144,18 @@ def test_lm_head_skipped_on_prompt_positions(tok, model):
         torch.testing.assert_close(
             token_log_probs(model, batch), token_log_probs(FullLogits(model), batch)
         )
+
+
+def test_a_row_without_scored_tokens_is_an_error_not_the_best_reward(tok, model):
+    """The mean over no token used to be 0.0, the best possible reward (an empty response won)."""
+    logp = torch.tensor([[0.0, -1.0, -3.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[False, True, True], [False, False, False]])
+    with pytest.raises(ValueError, match=r"rows \[1\] have no scored token"):
+        length_normalised(logp, mask)
+    torch.testing.assert_close(length_normalised(logp[:1], mask[:1]), torch.tensor([-2.0]))
+    (pair,) = encode_pairs(tok, ["rev abc"], [["cba"]])
+    empty = EncodedPair(pair.ids[: pair.prompt_len], pair.prompt_len)  # prompt only
+    with pytest.raises(ValueError, match=r"rows \[1\] have no scored token"):
+        sequence_rewards(model, pad_pairs([pair, empty], tok.pad_token_id))
+    with pytest.raises(ValueError, match="no scored token"):
+        score_pairs(model, [pair, empty], tok.pad_token_id)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from conftest import sharpen, tiny_model
 
 from pad_lightning.calibration import mix, selection_log_probs
 from pad_lightning.chat import encode_pairs
@@ -143,3 +146,122 @@ def test_collect_without_calibration(tok, model, teacher, calibration):
     assert "calibration" not in roll.seconds
     torch.testing.assert_close(roll.teacher_scores, roll.teacher_rewards)
     assert "calibration" not in roll.tokens
+
+
+# -- what is scored is what was generated; no empty scored span ---------------------------------
+
+
+def _emitting_only(tok, tokens: list[str], seed: int = 0, sharp: bool = True):
+    """A tiny model (sharpened like `sharp_model` for seed 0) whose *generation* can produce only
+    `tokens`: the others are suppressed by a logits processor, so scoring sees the model's own
+    unchanged distribution (as when a real student degenerates into special tokens its own
+    likelihood does not favour)."""
+    m = tiny_model(tok, seed=seed)
+    if sharp:
+        sharpen(m, tok)
+    allowed = set(tok.convert_tokens_to_ids(tokens))
+    m.generation_config.suppress_tokens = [i for i in range(len(tok)) if i not in allowed]
+    return m
+
+
+def _span_tokens(tok, pair) -> list[str]:
+    return tok.convert_ids_to_tokens(pair.ids[pair.prompt_len :])
+
+
+def test_special_token_only_responses_get_a_real_reward_not_the_best(tok, sharp_model):
+    """The bug: a student that emits only `<|assistant|>` tokens, cut at max_new_tokens, decoded
+    to "" and scored on an empty span, earned 0.0, the best reward, from teacher and student."""
+    teacher = sharpen(tiny_model(tok, seed=1), tok)
+    student = _emitting_only(tok, ["<|assistant|>"])
+    k, n = 4, 3
+    torch.manual_seed(0)
+    roll = collect(
+        student,
+        tok,
+        teacher,
+        tok,
+        PROMPTS,
+        n,
+        SamplingConfig(max_new_tokens=k),
+        CalibrationConfig("none"),
+    )
+    assert roll.truncated.all()
+    assert all(t == "<|assistant|>" * k for group in roll.texts for t in group)
+    assert all(_span_tokens(tok, p) == ["<|assistant|>"] * k for p in roll.student_pairs)
+    _check_rollout(roll, tok, teacher, PROMPTS, n)
+    student_rewards = score_pairs(sharp_model, roll.student_pairs, tok.pad_token_id).view(-1, n)
+    for model, rewards in [(teacher, roll.teacher_rewards), (sharp_model, student_rewards)]:
+        assert torch.isfinite(rewards).all() and (rewards < 0).all()
+        # the model's own greedy answer (non-empty text) scores better than the special tokens
+        normal = generate(model, tok, PROMPTS, 1, SamplingConfig(max_new_tokens=k), greedy=True)
+        assert all(t[0] for t in normal.texts)
+        finished = (~normal.truncated).view(-1, 1).tolist()
+        pairs = encode_pairs(tok, PROMPTS, normal.texts, finished=finished)
+        normal_rewards = score_pairs(model, pairs, tok.pad_token_id)
+        assert (normal_rewards < 0).all()
+        assert (rewards < normal_rewards[:, None]).all()
+
+
+def test_scored_span_is_exactly_the_generated_tokens(tok, teacher):
+    """Special tokens stay in rollout texts and are scored; a finished empty answer is scored on
+    the end-of-turn marker, a cut one without it; every span is the generated ids."""
+    student = _emitting_only(tok, ["<|assistant|>", "<|user|>", "a", "<|end|>"], sharp=False)
+    n = 8
+    torch.manual_seed(0)
+    roll = collect(
+        student,
+        tok,
+        teacher,
+        tok,
+        PROMPTS,
+        n,
+        SamplingConfig(temperature=1.0, max_new_tokens=4),
+        CalibrationConfig("none"),
+    )
+    _check_rollout(roll, tok, teacher, PROMPTS, n)
+    texts = [t for group in roll.texts for t in group]
+    finished = (~roll.truncated).flatten().tolist()
+    lengths = roll.lengths.flatten().long().tolist()
+    for text, done, length, pair in zip(texts, finished, lengths, roll.student_pairs, strict=True):
+        span = pair.ids[pair.prompt_len :]
+        assert len(span) == length  # one scored token per generated token, stop token included
+        assert tok.decode(span) == text + ("<|end|>" if done else "")
+    special_only = {"<|assistant|>", "<|user|>"}
+    assert any(t and set(tok.tokenize(t)) <= special_only for t in texts)  # were "" before
+    assert any(t == "" and done for t, done in zip(texts, finished, strict=True))  # marker only
+    empty = [p for t, p in zip(texts, roll.student_pairs, strict=True) if t == ""]
+    assert all(_span_tokens(tok, p) == ["<|end|>"] for p in empty)
+    assert any(not done for done in finished)
+
+
+def test_generate_can_still_strip_special_tokens_for_exports(tok):
+    """Answers exported for people and judges (generate.py) drop special tokens, as before."""
+    student = _emitting_only(tok, ["<|assistant|>"])
+    sampling = SamplingConfig(max_new_tokens=3)
+    stripped = generate(student, tok, PROMPTS[:1], 1, sampling, greedy=True)
+    kept = generate(student, tok, PROMPTS[:1], 1, sampling, greedy=True, skip_special_tokens=False)
+    assert stripped.texts == [[""]]
+    assert kept.texts == [["<|assistant|>" * 3]]
+    torch.testing.assert_close(stripped.lengths, kept.lengths)
+
+
+def test_evaluate_teacher_reward_of_a_special_token_student_is_not_the_best(tok):
+    from types import SimpleNamespace
+
+    from pad_lightning.evaluation import EvalConfig, evaluate
+
+    teacher = sharpen(tiny_model(tok, seed=1), tok)
+    module = SimpleNamespace(
+        student=_emitting_only(tok, ["<|assistant|>"]),
+        teacher=teacher,
+        student_tokenizer=tok,
+        teacher_tokenizer=tok,
+        loss_from_scores=lambda s, t: (s - t).pow(2).mean(-1),
+    )
+    problems = [SimpleNamespace(prompt=p) for p in PROMPTS]
+    cfg = EvalConfig(2, SamplingConfig(max_new_tokens=4), CalibrationConfig("none"))
+    torch.manual_seed(0)
+    out = evaluate(module, problems, cfg)
+    assert out["answer_truncated"] == 1.0
+    assert math.isfinite(out["teacher_reward"]) and out["teacher_reward"] < 0
+    assert math.isfinite(out["loss"])

@@ -8,6 +8,12 @@ training; if that changes the prompt's own ids (a merge across the boundary), pr
 tokenised separately and concatenated instead. Either way the prompt prefix is token-identical to
 what generation was conditioned on. (Tokenising the span alone would add a spurious word-start
 marker in SentencePiece-style tokenizers: "cba" -> "▁cba".)
+
+The scored span is never empty, so no response can earn the best possible reward (0) by being
+empty: the response text is what was generated, special tokens included (`rollout.generate`); a
+response cut at the token limit is scored without the end-of-turn marker unless that leaves no
+token, in which case it is scored like the empty answer, on the marker; and a template that adds
+no end-of-turn marker after an empty assistant turn is refused (`check_end_marker`).
 """
 
 from __future__ import annotations
@@ -61,6 +67,26 @@ def response_suffix(
     return full[len(prefix) :].rstrip()
 
 
+def end_marker(
+    tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict] = "2+2=", prefix: str | None = None
+) -> str:
+    """The text the template closes an empty assistant turn with (the empty answer's span)."""
+    return response_suffix(tokenizer, prompt, "", prefix)
+
+
+def check_end_marker(
+    tokenizer: PreTrainedTokenizerBase, key: str = "model.<role>.chat_template"
+) -> None:
+    """Refuse a template that adds nothing after the generation prompt for an empty assistant
+    turn: an empty response would have no scored token (and the best possible reward, 0)."""
+    if not end_marker(tokenizer):
+        raise ChatTemplateError(
+            f"chat template of {tokenizer.name_or_path!r} adds no end-of-turn marker after an "
+            f"empty assistant turn, so an empty response would have nothing to score; set {key} "
+            "to a template that closes the assistant turn (e.g. with the EOS token)"
+        )
+
+
 @dataclass
 class EncodedPair:
     """Token ids of prompt + response; ids[prompt_len:] is the scored span."""
@@ -84,10 +110,24 @@ def unfinished_suffix(
     The marker is the text the template closes an empty assistant turn with; scoring it after a
     response that never ended would let the student lower such responses' reward by making the
     marker less likely, i.e. by learning not to stop (measured: truncations grew to 37%).
+    If that leaves no text (the response renders as nothing, e.g. whitespace a template trims),
+    the response is scored like the empty answer, on the marker: an empty span would earn the
+    best possible reward, 0.
     """
     full = response_suffix(tokenizer, prompt, response, prefix)
-    closing = response_suffix(tokenizer, prompt, "", prefix)
-    return full[: len(full) - len(closing)] if closing and full.endswith(closing) else full
+    closing = end_marker(tokenizer, prompt, prefix)
+    cut = full[: len(full) - len(closing)] if closing and full.endswith(closing) else full
+    return cut or full
+
+
+def _encode_after(
+    tokenizer: PreTrainedTokenizerBase, prefix_ids: list[int], joint: list[int], suffix: str
+) -> list[int]:
+    """Prompt + span ids from the joint encoding, or prompt and span encoded separately if the
+    joint encoding changed the prompt's ids."""
+    if joint[: len(prefix_ids)] == prefix_ids:
+        return joint
+    return prefix_ids + tokenizer(suffix, add_special_tokens=False)["input_ids"]
 
 
 def encode_pairs(
@@ -100,25 +140,41 @@ def encode_pairs(
     """Encode every (prompt, response) pair, prompts given once for their n responses.
 
     `finished[i][j]` False marks a response cut at the generation limit (scored without the
-    end-of-turn marker it never produced); by default every response counts as finished.
+    end-of-turn marker it never produced, unless that leaves no token: then with it); by default
+    every response counts as finished. Raises if a scored span is empty (a template without an
+    end-of-turn marker, which `check_end_marker` refuses at start-up, or a too small
+    `max_length`): its length-normalised reward would be 0, the best possible.
     """
     out: list[EncodedPair] = []
     for i, (prompt, group) in enumerate(zip(prompts, responses, strict=True)):
         prefix = prompt_text(tokenizer, prompt)
         prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        done = [finished is None or finished[i][j] for j in range(len(group))]
         suffixes = [
             response_suffix(tokenizer, prompt, r, prefix)
-            if finished is None or finished[i][j]
+            if d
             else unfinished_suffix(tokenizer, prompt, r, prefix)
-            for j, r in enumerate(group)
+            for r, d in zip(group, done, strict=True)
         ]
         joint_ids = tokenizer([prefix + s for s in suffixes], add_special_tokens=False)["input_ids"]
-        for joint, suffix in zip(joint_ids, suffixes, strict=True):
-            if joint[: len(prefix_ids)] == prefix_ids:
-                full = joint
-            else:
-                full = prefix_ids + tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        for response, d, joint, suffix in zip(group, done, joint_ids, suffixes, strict=True):
+            full = _encode_after(tokenizer, prefix_ids, joint, suffix)
+            if len(full) <= len(prefix_ids) and not d:  # a cut text that encodes to no token
+                suffix = response_suffix(tokenizer, prompt, response, prefix)
+                joint = tokenizer(prefix + suffix, add_special_tokens=False)["input_ids"]
+                full = _encode_after(tokenizer, prefix_ids, joint, suffix)
+            if len(full) <= len(prefix_ids):
+                raise ChatTemplateError(
+                    f"response {response!r} has no token to score in the chat template of "
+                    f"{tokenizer.name_or_path!r} (it adds no end-of-turn marker after the "
+                    "assistant turn); set model.<role>.chat_template"
+                )
             if max_length is not None and len(full) > max_length:
+                if max_length <= len(prefix_ids):
+                    raise ValueError(
+                        f"max_length={max_length} leaves no scored token after a prompt of "
+                        f"{len(prefix_ids)} tokens"
+                    )
                 full = full[:max_length]
-            out.append(EncodedPair(full, min(len(prefix_ids), len(full))))
+            out.append(EncodedPair(full, len(prefix_ids)))
     return out

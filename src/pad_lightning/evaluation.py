@@ -37,7 +37,14 @@ def evaluate(
     out: dict[str, float] = {}
 
     greedy = generate(
-        student, tok_s, prompts, 1, cfg.sampling, greedy=True, autocast_dtype=autocast_dtype
+        student,
+        tok_s,
+        prompts,
+        1,
+        cfg.sampling,
+        greedy=True,
+        autocast_dtype=autocast_dtype,
+        skip_special_tokens=False,  # score what was generated (see `rollout.generate`)
     )
     answers = [t[0] for t in greedy.texts]
     if all(r is not None for r in refs):

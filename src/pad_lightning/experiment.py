@@ -3,31 +3,49 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from . import interrupts
 from .calibration import mcq_prompt, option_token_ids
 from .callbacks import RolloutLogger, parts_text
 from .chat import prompt_text
+from .checkpointing import AtomicCheckpointIO, RollingCheckpoint, pick_resume_checkpoint
 from .data import build_problems
 from .datamodule import RolloutConfig, RolloutDataModule
+from .divergence import TrainingDiverged
 from .evaluation import EvalConfig
 from .models import load_pair, save_student
 from .module import LossConfig, OptimConfig, PADModule
 from .rollout import CalibrationConfig, SamplingConfig
+from .tracking import RunLogger
 from .validation import ConfigError, responses_per_round
 
 console = Console()
+
+
+class _DropNoise(logging.Filter):
+    """Lightning's advertising tip and its per-rank SIGTERM notice (we print our own line)."""
+
+    NOISE = ("litlogger", "Received SIGTERM", "Bypassing SIGTERM")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    for _handler in logging.getLogger(_name).handlers:
+        _handler.addFilter(_DropNoise())
 REPORTED = (
     "exact_match",
     "quality",
@@ -90,17 +108,16 @@ def _configs(cfg: DictConfig) -> tuple:
     return sampling, cal, rollout, loss, optim
 
 
-def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
+def run_experiment(cfg: DictConfig, overrides: list[str], state: dict | None = None) -> Path | None:
     """Run one configured experiment; returns the path of its summary.json (None off rank 0).
 
+    `state` is the run_state.json of a run being resumed (None for a new run).
     Under DDP every rank runs this function (Lightning relaunches the command with the same
     output directory); only global rank 0 writes files, and every rank takes the same branches
     so that collective calls (test, fit) match.
     """
-    started = time.perf_counter()
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resuming = bool(cfg.resume)
+    resuming = state is not None
     is_zero = rank_zero_only.rank == 0
     if is_zero and not resuming:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -108,13 +125,26 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         torch.set_num_threads(cfg.trainer.num_threads)
     L.seed_everything(cfg.seed, verbose=False)
 
+    # Prompt files are read before any model loads (a bad file costs seconds, not minutes); the
+    # token-length filter needs the student tokenizer, so it applies after loading.
+    needs_tokenizer = cfg.data.get("max_prompt_tokens") is not None
+    if needs_tokenizer:
+        build_problems(_without_token_filter(cfg.data), log=lambda _: None)
+    else:
+        train, val, test = build_problems(cfg.data)
+    ckpt_path = pick_resume_checkpoint(run_dir) if resuming else None
     student, tok_s, teacher, tok_t = load_pair(cfg.model)
     _check_option_letters(cfg, tok_t)
-    train, val, test = build_problems(cfg.data, tokenizer=tok_s)
+    if needs_tokenizer:
+        train, val, test = build_problems(cfg.data, tokenizer=tok_s)
     sampling, cal, rollout, loss, optim = _configs(cfg)
     batches_per_epoch = rollout.rounds * math.ceil(rollout.prompts_per_epoch / rollout.batch_size)
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # configs saved before it: 1
     steps_per_epoch = math.ceil(batches_per_epoch / accumulate)  # Lightning steps at epoch end
+    state = dict(state) if resuming else {"overrides": overrides}
+    # The learning-rate schedule keeps the length planned at the start, also when a resume
+    # extends trainer.max_epochs (the extra epochs run at the final learning rate).
+    state.setdefault("schedule_epochs", cfg.trainer.max_epochs)
     module = PADModule(
         student,
         teacher,
@@ -123,45 +153,66 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         loss,
         optim,
         EvalConfig(cfg.n, sampling, cal, rollout.max_tokens),
-        total_steps=cfg.trainer.max_epochs * steps_per_epoch,
+        total_steps=state["schedule_epochs"] * steps_per_epoch,
         inference_dtype=cfg.trainer.inference_dtype,
     )
     datamodule = RolloutDataModule(
         train, val, test, rollout, sampling, cal, cfg.seed, cfg.data.eval_batch_size
     )
 
-    state_file = run_dir / "run_state.json"
-    state = json.loads(state_file.read_text()) if resuming else {"overrides": overrides}
-    logger = MLFlowLogger(
+    logger = RunLogger(
         experiment_name=cfg.logger.experiment_name,
         tracking_uri=cfg.logger.tracking_uri,
         run_name=cfg.logger.run_name,
         run_id=state.get("mlflow_run_id"),
     )
     state["mlflow_run_id"] = logger.run_id
-    if is_zero:
-        state_file.write_text(json.dumps(state, indent=2))
+    state_file = run_dir / "run_state.json"
+
+    def set_status(status: str) -> None:
+        state["status"] = status
+        if is_zero:
+            state_file.write_text(json.dumps(state, indent=2))
+        logger.set_status(status)
+
+    set_status("RUNNING")
+    try:
+        summary_file = _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state)
+    except interrupts.Preempted:
+        logger.discard()  # steps after the last checkpoint run (and are logged) again on resume
+        set_status("KILLED")
+        raise
+    except TrainingDiverged:
+        logger.commit()  # keep the curve up to the failure: it shows what diverged
+        set_status("FAILED")
+        raise
+    except BaseException:
+        logger.discard()
+        set_status("FAILED")
+        raise
+    interrupts.fault("report")
+    set_status("FINISHED")  # only now: the report and every file are written
+    return summary_file
+
+
+def _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state) -> Path | None:
+    started = time.perf_counter()
+    is_zero = rank_zero_only.rank == 0
     if is_zero and not resuming:
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
-        (run_dir / "overrides.yaml").write_text("\n".join(overrides) + "\n")
+        (run_dir / "overrides.yaml").write_text("\n".join(state["overrides"]) + "\n")
         for name in ("config.yaml", "overrides.yaml"):
             logger.experiment.log_artifact(logger.run_id, str(run_dir / name))
 
     rollout_logger = RolloutLogger(
         cfg.logger.log_rollouts_every,
-        rollout.sample_log_prompts,
+        datamodule.cfg.sample_log_prompts,
         cfg.logger.get("print_time_every", 10),
     )
-    # The newest epoch checkpoint is kept, and checkpoints/last.ckpt links to it (resume target).
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="epoch{epoch:04d}",
-        auto_insert_metric_name=False,
-        save_top_k=1,
-        save_last="link",
-        every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
-        save_on_train_epoch_end=True,
+    checkpoints = RollingCheckpoint(
+        run_dir / "checkpoints", cfg.trainer.checkpoint_every_n_epochs, logger
     )
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
@@ -172,7 +223,8 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         accumulate_grad_batches=accumulate,
         logger=logger,
         callbacks=[rollout_logger, checkpoints, RichProgressBar()],
-        reload_dataloaders_every_n_epochs=rollout.every_n_epochs,
+        plugins=[AtomicCheckpointIO()],
+        reload_dataloaders_every_n_epochs=datamodule.cfg.every_n_epochs,
         check_val_every_n_epoch=cfg.trainer.val_every_n_epochs,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
@@ -189,9 +241,13 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         if is_zero:
             before_file.write_text(json.dumps(before, indent=2))
     fit_started = time.perf_counter()
-    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last_ckpt if resuming else None)
+    logger.hold_metrics = True
+    with interrupts.in_trainer():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    logger.hold_metrics = False
+    logger.commit()
     fit_seconds = time.perf_counter() - fit_started
+    interrupts.fault("final_eval")
     after = _test(trainer, module, datamodule, "after")
 
     summary = {
@@ -210,7 +266,9 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         "resumed": resuming,
     }
     if trainer.is_global_zero:
-        student_dir = save_student(module.student, tok_s, run_dir / "student", cfg.model.student)
+        student_dir = save_student(
+            module.student, module.student_tokenizer, run_dir / "student", cfg.model.student
+        )
         summary_file = run_dir / "summary.json"
         summary_file.write_text(json.dumps(summary, indent=2))
         logger.experiment.log_artifact(logger.run_id, str(summary_file))
@@ -222,6 +280,12 @@ def run_experiment(cfg: DictConfig, overrides: list[str]) -> Path | None:
         report(summary)
         return summary_file
     return None
+
+
+def _without_token_filter(data_cfg: DictConfig) -> DictConfig:
+    out = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
+    out.max_prompt_tokens = None
+    return out
 
 
 def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
@@ -239,7 +303,8 @@ def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
 
 def _test(trainer: L.Trainer, module: PADModule, datamodule, tag: str) -> dict[str, float]:
     module.eval_tag = tag
-    results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    with interrupts.in_trainer():
+        results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     module.eval_tag = "val"
     prefix = f"{tag}/"
     return {k[len(prefix) :]: float(v) for k, v in results.items() if k.startswith(prefix)}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 import torch
 
 from . import losses
+from .divergence import TrainingDiverged, describe, first_nonfinite, lr_hint
 from .evaluation import EvalConfig, evaluate
+from .interrupts import fault
 from .rewards import PaddedBatch, sequence_rewards
 from .sft import cosine_with_warmup
 
@@ -79,13 +83,30 @@ class PADModule(L.LightningModule):
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        fault("step")
         scores = batch["teacher_scores"]
         padded = PaddedBatch(batch["input_ids"], batch["attention_mask"], batch["score_mask"])
         rewards = sequence_rewards(self.student, padded).view(scores.shape)
+        if not bool(torch.isfinite(rewards).all()):
+            self._diverged(f"student rewards: {describe(rewards)}")
         loss = self.loss_from_scores(rewards.float(), scores).mean()
+        if not bool(torch.isfinite(loss)):
+            self._diverged(f"loss is {float(loss)}")
         self.log("train/loss", loss, prog_bar=True, batch_size=scores.shape[0])
         self.log("train/student_reward", rewards.mean(), batch_size=scores.shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Refuse a step on non-finite gradients (clipping would spread NaN to every weight)."""
+        bad = first_nonfinite([(n, p.grad) for n, p in self.student.named_parameters()])
+        if bad is not None:
+            self._diverged(f"gradient of {bad} is not finite")
+
+    def _diverged(self, what: str) -> None:
+        raise TrainingDiverged(
+            f"step {self.global_step} (epoch {self.current_epoch}): {what}; "
+            f"{lr_hint(self.optim_cfg.lr)}"
+        )
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
@@ -133,6 +154,9 @@ class PADModule(L.LightningModule):
         frozen = self._frozen_student_keys()
         for key in [k for k in state if k.startswith("teacher.") or k in frozen]:
             del state[key]
+        # Resuming continues the same random stream (rollout sampling), so a resumed run gives
+        # the metrics of an uninterrupted one.
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         frozen = self._frozen_student_keys()
@@ -146,3 +170,28 @@ class PADModule(L.LightningModule):
                 f"checkpoint lacks student weights (e.g. {missing[0]!r}); "
                 "was it written by a different student model?"
             )
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
+
+
+def rng_states() -> dict:
+    """Random states of torch (CPU and CUDA), Python and NumPy, in types that a weights-only
+    checkpoint load accepts (tensors, tuples, lists, numbers, strings)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+    }
+    if torch.cuda.is_available():
+        states["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "torch.cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])

@@ -89,15 +89,29 @@ def token_log_probs(model: torch.nn.Module, batch: PaddedBatch) -> torch.Tensor:
     return torch.nn.functional.pad(out, (first + 1, 0))
 
 
+def scored_counts(score_mask: torch.Tensor) -> torch.Tensor:
+    """Scored tokens per row, [N]; a ValueError if a row has none.
+
+    The mean over no token would be 0, the best possible reward: an empty response would beat
+    every real one. `chat.encode_pairs` never yields such a row, so this is a last check.
+    """
+    counts = score_mask.sum(-1)
+    if bool((counts == 0).any()):
+        rows = (counts == 0).nonzero().flatten().tolist()
+        raise ValueError(f"rows {rows} have no scored token; a reward needs at least one")
+    return counts
+
+
 def length_normalised(token_logp: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
-    """Mean log-probability over each row's scored tokens; shape [N]."""
-    counts = score_mask.sum(-1).clamp_min(1)
-    return (token_logp * score_mask).sum(-1) / counts
+    """Mean log-probability over each row's scored tokens; shape [N]. Raises for a row with
+    none (see `scored_counts`)."""
+    return (token_logp * score_mask).sum(-1) / scored_counts(score_mask)
 
 
 def sequence_rewards(model: torch.nn.Module, batch: PaddedBatch) -> torch.Tensor:
     """Length-normalised log-likelihood of each row's scored span (keeps autograd if enabled)."""
-    return length_normalised(token_log_probs(model, batch), batch.score_mask)
+    counts = scored_counts(batch.score_mask)  # its host sync comes before the forward pass
+    return (token_log_probs(model, batch) * batch.score_mask).sum(-1) / counts
 
 
 def token_budget_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:

@@ -50,8 +50,17 @@ def generate(
     sampling: SamplingConfig,
     greedy: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    skip_special_tokens: bool = True,
 ) -> Generations:
-    """n samples (or one greedy answer) per prompt, prompts rendered in the model's template."""
+    """n samples (or one greedy answer) per prompt, prompts rendered in the model's template.
+
+    Each text is the decoded generated tokens up to (not including) the first stop token.
+    `skip_special_tokens=True` (answers for people and judges) drops the special tokens the model
+    produced; rollouts and evaluation pass False, so that what is scored is what was generated:
+    a special token stays in the text, re-encodes to itself and is scored (dropping it could
+    leave an empty text, which would earn the best reward). Padding never appears in a text:
+    rows are cut at their first stop token, and generation pads a row only after one.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -96,7 +105,7 @@ def generate(
         first_stop = torch.where(ended, is_stop.int().argmax(-1), new.shape[1])
         decoded = tokenizer.batch_decode(
             [row[:k] for row, k in zip(new, first_stop.tolist(), strict=True)],
-            skip_special_tokens=True,
+            skip_special_tokens=skip_special_tokens,
         )
         k = 1 if greedy else n
         texts.extend(decoded[i : i + k] for i in range(0, len(decoded), k))
@@ -150,7 +159,15 @@ def collect(
     """Sample from the current student, score with the frozen teacher, calibrate."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    gens = generate(student, student_tokenizer, prompts, n, sampling, autocast_dtype=autocast_dtype)
+    gens = generate(
+        student,
+        student_tokenizer,
+        prompts,
+        n,
+        sampling,
+        autocast_dtype=autocast_dtype,
+        skip_special_tokens=False,  # score what was generated (see `generate`)
+    )
     seconds["generation"] = time.perf_counter() - started
 
     started = time.perf_counter()

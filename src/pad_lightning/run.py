@@ -3,11 +3,17 @@
 compose config -> check it -> build models, DataModule, PADModule, Trainer, MLflow logger ->
 evaluate on the test set (before) -> fit (on-policy PAD) -> evaluate (after) -> report.
 Resume a stopped run with `python -m pad_lightning.run resume=<its output directory>`.
+
+Every expected failure ends the process with one line on stderr and a non-zero status:
+`config error:` (a bad config value or override, found before anything is built), `data error:`
+(a prompt file), `checkpoint error:` (an unreadable checkpoint on resume), `training error:`
+(non-finite loss, gradients, weights or scores), `error:` (a file that cannot be written). A run
+stopped by SIGTERM or Ctrl-C exits with 128 + the signal number and prints how to resume it.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -20,7 +26,9 @@ import warnings  # noqa: E402
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
+from . import interrupts  # noqa: E402
 from .validation import ConfigError, check  # noqa: E402
 
 warnings.filterwarnings(
@@ -28,46 +36,133 @@ warnings.filterwarnings(
     message=r".*(LeafSpec|litlogger|does not have many workers|in eval mode at the start|`IterableDataset` has `__len__`).*",
 )
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+_unique: dict[str, str] = {}
+
+
+def unique_dir(path: str) -> str:
+    """Create `path` (or the first free `path-2`, `path-3`, ...) and return it; the same answer
+    for the same `path` within a process (Hydra resolves the run directory more than once)."""
+    if path not in _unique:
+        base = Path(path)
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            for i in itertools.count(1):
+                candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+                try:
+                    candidate.mkdir()
+                except FileExistsError:
+                    continue
+                _unique[path] = str(candidate)
+                break
+        except OSError as err:
+            raise ConfigError(
+                f"hydra.run.dir={path!r}: cannot create the run directory ({err.strerror}); "
+                "run from a writable directory or set hydra.run.dir"
+            ) from None
+    return _unique[path]
+
+
+OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True, replace=True)
+
+
+def hydra_message(err: BaseException) -> str:
+    """One line from Hydra's or OmegaConf's multi-line message (options listed as `valid:`)."""
+    if isinstance(err.__cause__, ConfigError) or isinstance(err, ConfigError):
+        return str(err.__cause__ if isinstance(err.__cause__, ConfigError) else err)
+    lines = str(err).splitlines()
+    head, options, in_options = [], [], False
+    for line in lines:
+        if line.startswith("Available options in"):
+            in_options = True
+        elif in_options and line.startswith("\t"):
+            options.append(line.strip())
+        elif line.startswith("Config search path"):
+            break
+        elif line.strip() and not line.startswith((" ", "\t")):
+            in_options = False
+            head.append(line.strip().rstrip("."))
+    text = "; ".join(head) or type(err).__name__
+    return f"{text}; valid: {', '.join(options)}" if options else text
+
+
+def _one_line_config_errors() -> None:
+    """Hydra prints composition errors (an unknown group option, a bad override) on several lines
+    with a hint about HYDRA_FULL_ERROR; make them one `config error:` line like ours."""
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import HydraException
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "_pad_lightning", False):
+        return
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except (HydraException, OmegaConfBaseException) as err:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                sys.exit(f"config error: {hydra_message(err)}")
+
+        return original(guarded)
+
+    run_and_report._pad_lightning = True
+    hydra_utils.run_and_report = run_and_report
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from .resume import RunFinished, resumed_config
+    from .tracking import absolute_tracking_uri
+
+    interrupts.install()
     overrides = list(HydraConfig.get().overrides.task)
+    state = None
     try:
         if cfg.resume:
-            cfg, overrides = _resumed_config(Path(cfg.resume))
+            cfg, state = resumed_config(Path(cfg.resume), cfg, overrides)
+            overrides = state.get("overrides", [])
+        else:
+            cfg.logger.tracking_uri = absolute_tracking_uri(str(cfg.logger.tracking_uri))
         check(cfg)
+    except RunFinished as note:
+        print(note)
+        return
     except ConfigError as err:
         sys.exit(f"config error: {err}")
+    except OmegaConfBaseException as err:
+        sys.exit(f"config error: {getattr(err, 'full_key', '') or ''}: {hydra_message(err)}")
+    from .checkpointing import CheckpointError
+    from .divergence import TrainingDiverged
     from .experiment import run_experiment
     from .prompts import DataError
 
     try:
-        summary_path = run_experiment(cfg, overrides)
+        summary_path = run_experiment(cfg, overrides, state)
     except DataError as err:
         sys.exit(f"data error: {err}")
     except ConfigError as err:  # found while loading (e.g. a model without a chat template)
         sys.exit(f"config error: {err}")
+    except CheckpointError as err:
+        sys.exit(f"checkpoint error: {err}")
+    except TrainingDiverged as err:
+        sys.exit(f"training error: {err}")
+    except interrupts.Preempted as stop:
+        print(
+            f"stopped by {stop}; the run keeps its last checkpoint. Resume with: "
+            f"python -m pad_lightning.run resume={cfg.output_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(stop.exit_code)
+    except OSError as err:  # disk full, a file made read-only mid-run
+        where = f"{err.filename}: " if err.filename else ""
+        sys.exit(f"error: {where}{err.strerror or err}")
     if summary_path is not None:  # global rank 0
         print(summary_path)
 
 
-def _resumed_config(run_dir: Path) -> tuple[DictConfig, list[str]]:
-    """The saved config of a run directory, pointed at its last checkpoint."""
-    config_file = run_dir / "config.yaml"
-    if not config_file.exists() or not (run_dir / "checkpoints" / "last.ckpt").exists():
-        raise ConfigError(
-            f"resume={str(run_dir)!r}: needs a run directory written by "
-            "pad_lightning.run with config.yaml and checkpoints/last.ckpt"
-        )
-    cfg = OmegaConf.load(config_file)
-    cfg.resume = str(run_dir)
-    cfg.output_dir = str(run_dir)
-    state = json.loads((run_dir / "run_state.json").read_text())
-    return cfg, state.get("overrides", [])
-
-
 if __name__ == "__main__":
+    _one_line_config_errors()
     main()

@@ -10,6 +10,7 @@ from .calibration import LETTERS, MODES
 from .losses import DIVERGENCES, LOSSES, max_group_size
 from .preference import MAX_DP_N
 from .prompts import DataError, check_data
+from .tracking import tracking_problem
 
 DECOMPOSITIONS = ("none", "split", "iterative")
 
@@ -29,20 +30,63 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _writable_dir(path: Path) -> bool:
-    """True if `path` can be created (if missing) and a file written in it."""
+def writable_dir_problem(path: Path) -> str | None:
+    """None if `path` can be created (if missing) and a file written in it, else the reason."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
-            return True
-    except OSError:
+            return None
+    except OSError as err:
+        return err.strerror or type(err).__name__
+
+
+def _is_number(value, integer: bool = False) -> bool:
+    if isinstance(value, bool):
         return False
+    return isinstance(value, int) if integer else isinstance(value, int | float)
+
+
+def number(
+    value,
+    key: str,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    null: bool = False,
+    note: str = "",
+):
+    """Require a number (an integer if `integer`) in [low, high] (open ends as flagged); `null`
+    allows None. The message names the key, the value and what is valid."""
+    if value is None and null:
+        return value
+    lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+    hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+    if low is not None and high is not None:
+        want = f"in {lo}, {hi}"
+    elif low is not None:
+        want = f"{'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        want = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        want = ""
+    what = f"{'an integer' if integer else 'a number'}{' ' + want if want else ''}"
+    what += " or null" if null else ""
+    ok = _is_number(value, integer)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    _require(ok, f"{key}={value!r}: must be {what}{note}")
+    return value
 
 
 def check(cfg) -> None:
     """Raise ConfigError on the first invalid value of a composed run config."""
     n = cfg.n
-    _require(isinstance(n, int) and n >= 2, f"n={n!r}: must be an integer >= 2")
+    number(n, "n", integer=True, low=2)
     _require(
         cfg.loss.name in LOSSES,
         f"loss.name={cfg.loss.name!r}: unknown loss; valid: {sorted(LOSSES)}",
@@ -60,19 +104,17 @@ def check(cfg) -> None:
             f"use loss=ppd or drop the override",
         )
     for key in ("beta_student", "beta_teacher"):
-        beta = cfg.loss[key]
-        _require(isinstance(beta, int | float) and beta > 0, f"loss.{key}={beta!r}: must be > 0")
+        number(cfg.loss[key], f"loss.{key}", low=0, low_open=True)
 
     cal = cfg.calibration
     _require(cal.name in ("none", "mcq"), f"calibration.name={cal.name!r}: valid: none, mcq")
-    _require(
-        isinstance(cal.alpha, int | float) and 0 <= cal.alpha <= 1,
-        f"calibration.alpha={cal.alpha!r}: must be in [0, 1]",
-    )
+    number(cal.alpha, "calibration.alpha", low=0, high=1)
     _require(cal.mode in MODES, f"calibration.mode={cal.mode!r}: valid: {', '.join(MODES)}")
     _require(isinstance(cal.debias, bool), f"calibration.debias={cal.debias!r}: valid: true, false")
     _require(
-        "{question}" in cal.template and "{options}" in cal.template,
+        isinstance(cal.template, str)
+        and "{question}" in cal.template
+        and "{options}" in cal.template,
         "calibration.template: must contain {question} and {options}",
     )
 
@@ -85,7 +127,7 @@ def check(cfg) -> None:
     if dec.name != "none":
         k = dec.group_size
         _require(
-            isinstance(k, int) and 2 <= k <= n and n % k == 0,
+            _is_number(k, integer=True) and 2 <= k <= n and n % k == 0,
             f"decomposition.group_size={k!r}: must be an integer in [2, n={n}] dividing n",
         )
         group = k
@@ -121,45 +163,69 @@ def check(cfg) -> None:
         )
 
     roll = cfg.rollout
-    _require(roll.temperature > 0, f"rollout.temperature={roll.temperature!r}: must be > 0")
-    _require(0 < roll.top_p <= 1, f"rollout.top_p={roll.top_p!r}: must be in (0, 1]")
-    _require(roll.top_k >= 0, f"rollout.top_k={roll.top_k!r}: must be >= 0 (0 disables)")
+    number(roll.temperature, "rollout.temperature", low=0, low_open=True)
+    number(roll.top_p, "rollout.top_p", low=0, high=1, low_open=True)
+    number(roll.top_k, "rollout.top_k", integer=True, low=0, note=" (0 disables)")
     for key in (
         "max_new_tokens",
         "prompts_per_epoch",
         "batch_size",
         "generation_batch_size",
         "max_tokens",
+        "sample_log_prompts",
     ):
-        _require(int(roll[key]) >= 1, f"rollout.{key}={roll[key]!r}: must be >= 1")
-    _require(
-        roll.every_n_epochs >= 0,
-        f"rollout.every_n_epochs={roll.every_n_epochs!r}: must be >= 0 (0 = once)",
-    )
+        number(roll[key], f"rollout.{key}", integer=True, low=1)
+    number(roll.every_n_epochs, "rollout.every_n_epochs", integer=True, low=0, note=" (0 = once)")
 
-    _require(
-        cfg.trainer.max_epochs >= 1, f"trainer.max_epochs={cfg.trainer.max_epochs!r}: must be >= 1"
+    tr = cfg.trainer
+    number(tr.max_epochs, "trainer.max_epochs", integer=True, low=1)
+    number(
+        tr.get("accumulate_grad_batches", 1), "trainer.accumulate_grad_batches", integer=True, low=1
     )
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    number(tr.val_every_n_epochs, "trainer.val_every_n_epochs", integer=True, low=1)
+    number(tr.checkpoint_every_n_epochs, "trainer.checkpoint_every_n_epochs", integer=True, low=1)
+    number(tr.gradient_clip_val, "trainer.gradient_clip_val", low=0, low_open=True, null=True)
+    number(tr.num_threads, "trainer.num_threads", integer=True, low=1, null=True)
     _require(
-        isinstance(accumulate, int) and not isinstance(accumulate, bool) and accumulate >= 1,
-        f"trainer.accumulate_grad_batches={accumulate!r}: must be an integer >= 1",
+        tr.inference_dtype in ("bfloat16", "float16", "float32"),
+        f"trainer.inference_dtype={tr.inference_dtype!r}: valid: bfloat16, float16, float32",
     )
+    opt = tr.optim
+    number(opt.lr, "trainer.optim.lr", low=0, low_open=True)
+    number(opt.weight_decay, "trainer.optim.weight_decay", low=0)
+    number(opt.warmup_steps, "trainer.optim.warmup_steps", integer=True, low=0)
+    number(opt.min_lr_ratio, "trainer.optim.min_lr_ratio", low=0, high=1)
+    betas = opt.betas
     _require(
-        cfg.trainer.inference_dtype in ("bfloat16", "float16", "float32"),
-        f"trainer.inference_dtype={cfg.trainer.inference_dtype!r}: valid: bfloat16, "
-        "float16, float32",
+        betas is not None and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
+        f"trainer.optim.betas={list(betas) if betas is not None else None!r}: must be two "
+        "numbers in [0, 1)",
     )
-    _require(cfg.trainer.optim.lr > 0, f"trainer.optim.lr={cfg.trainer.optim.lr!r}: must be > 0")
+    for key in ("print_time_every", "log_rollouts_every"):
+        number(cfg.logger.get(key, 0), f"logger.{key}", integer=True, low=0, note=" (0 = never)")
+
+    problem = writable_dir_problem(Path(str(cfg.output_dir)))
+    _require(
+        problem is None,
+        f"output_dir={str(cfg.output_dir)!r}: not writable ({problem}); run from a writable "
+        "directory or set hydra.run.dir",
+    )
+    problem = tracking_problem(str(cfg.logger.tracking_uri))
+    _require(problem is None, f"logger.tracking_uri={problem}")
 
     try:
         check_data(cfg.data)
     except DataError as err:
         raise ConfigError(str(err)) from err
     if "zoo" in cfg.model:
+        _require(
+            "cache_dir" in cfg.model.zoo and "student" in cfg.model.zoo,
+            "model.zoo: set (e.g. by experiment=smoke, which shrinks the toy zoo) but this model "
+            "config has no toy zoo; use model=toy with that experiment, or drop it",
+        )
         cache = Path(os.path.expanduser(str(cfg.model.zoo.cache_dir)))
         _require(
-            _writable_dir(cache),
+            writable_dir_problem(cache) is None,
             f"model.zoo.cache_dir={str(cache)!r}: not writable; set model.zoo.cache_dir "
             "or PAD_LIGHTNING_CACHE to a writable directory",
         )

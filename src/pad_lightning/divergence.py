@@ -1,0 +1,40 @@
+"""Stopping a run whose numbers stop being numbers: non-finite loss, gradients, weights or scores.
+
+Every check raises `TrainingDiverged` with one line naming the step, what went non-finite and the
+likely cause; the run stops as FAILED, and no checkpoint with non-finite weights is ever written
+(`checkpointing.RollingCheckpoint` checks the weights first), so the last good one survives.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced non-finite values; the message is one line."""
+
+
+def count_nonfinite(tensor: torch.Tensor) -> int:
+    return int((~torch.isfinite(tensor.detach())).sum())
+
+
+def describe(tensor: torch.Tensor) -> str:
+    """'3 of 16 values (nan, inf)': how many entries are non-finite, and which kinds."""
+    t = tensor.detach()
+    kinds = [k for k, m in (("nan", t.isnan()), ("inf", t.isinf())) if bool(m.any())]
+    return f"{count_nonfinite(t)} of {t.numel()} values ({', '.join(kinds)})"
+
+
+def first_nonfinite(named: list[tuple[str, torch.Tensor | None]]) -> str | None:
+    """Name of the first tensor with a non-finite entry (None entries are skipped)."""
+    for name, tensor in named:
+        if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
+            return name
+    return None
+
+
+def lr_hint(lr: float) -> str:
+    return (
+        f"the likely cause is a learning rate too high for this model (trainer.optim.lr={lr:g}); "
+        "lower it, or keep trainer.gradient_clip_val set"
+    )
