@@ -224,6 +224,33 @@ def test_chat_template_override_string_and_file(tmp_path, folders):
     )
 
 
+def test_template_without_end_of_turn_marker_refused(folders):
+    """An empty assistant turn must render to something (the marker): else an empty response
+    would have no scored token and the best reward."""
+    from tiny_models import CHATML_TEMPLATE
+
+    no_marker = CHATML_TEMPLATE.replace(
+        "{{ m['content'] }}<|im_end|>\n",
+        "{{ m['content'] }}{% if m['role'] != 'assistant' %}<|im_end|>\n{% endif %}",
+    )
+    assert no_marker != CHATML_TEMPLATE
+    bad, teacher = folders["bytelevel"], folders["metaspace"]
+    message = one_line_error(load_pair, model_cfg(bad, teacher, chat_template=no_marker))
+    assert message == (
+        f"chat template of '{bad}' adds no end-of-turn marker after an empty assistant turn, "
+        "so an empty response would have nothing to score; set model.student.chat_template to "
+        "a template that closes the assistant turn (e.g. with the EOS token)"
+    )
+    refuses_empty = CHATML_TEMPLATE.replace(
+        "{% for m in messages %}",
+        "{% for m in messages %}{% if not m['content'] %}{{ raise_exception('empty') }}{% endif %}",
+    )
+    message = one_line_error(load_pair, model_cfg(bad, teacher, chat_template=refuses_empty))
+    assert message.startswith(
+        f"model.student.chat_template: the template of '{bad}' fails on an empty assistant turn: "
+    )
+
+
 def test_bos_in_the_template_text_is_not_doubled(folders):
     """The Llama-3-like template writes BOS itself and the tokenizer would add another one."""
     _, _, _, tok = load_pair(model_cfg(folders["bytelevel"], folders["metaspace"]))
@@ -253,6 +280,169 @@ def test_tokenizer_without_pad_token(folders):
     together = score_pairs(teacher, pairs, pad_id(tok))
     single = torch.stack([sequence_rewards(teacher, pad_pairs([p], 0))[0] for p in pairs])
     torch.testing.assert_close(together, single)
+
+
+# -- corrupt files ----------------------------------------------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _corrupt_copy(src: Path, dst: Path, file: str, corrupt) -> Path:
+    shutil.copytree(src, dst)
+    corrupt(dst / file)
+    return dst
+
+
+def _corrupt_message(role: str, folder: Path, file: str, reason: str) -> str:
+    return (
+        f"model.{role}.path='{folder}': {folder / file} is corrupt or truncated ({reason}); "
+        "re-save or re-download the model"
+    )
+
+
+@pytest.mark.parametrize(
+    ("file", "corrupt", "reason"),
+    [
+        ("model.safetensors", _truncate, "SafetensorError: Error while deserializing header: "
+         "incomplete metadata, file not fully covered"),
+        ("model.safetensors", lambda p: p.write_bytes(b"\xff" * 4096), "SafetensorError: Error "
+         "while deserializing header: header too large"),
+        ("config.json", lambda p: p.write_text('{"model_type": "qwen2",'), "JSONDecodeError: "
+         "Expecting property name enclosed in double quotes: line 1 column 24 (char 23)"),
+        ("config.json", lambda p: p.write_text("[]"), "a JSON list, not an object"),
+        ("tokenizer.json", lambda p: p.write_text('{"version": "1.0", "model": {'),
+         "JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 30 "
+         "(char 29)"),
+        ("tokenizer.json", lambda p: p.write_bytes(b"\xff" * 64), "UnicodeDecodeError: 'utf-8' "
+         "codec can't decode byte 0xff in position 0: invalid start byte"),
+        ("tokenizer.json", lambda p: p.write_text("{}"), "Exception: Model missing. at line 1 "
+         "column 2"),  # valid JSON that the tokenizers library refuses
+        ("tokenizer_config.json", _truncate, None),
+        ("generation_config.json", lambda p: p.write_text("{"), "JSONDecodeError: Expecting "
+         "property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        ("chat_template.jinja", lambda p: p.write_bytes(b"\xff"), "UnicodeDecodeError: 'utf-8' "
+         "codec can't decode byte 0xff in position 0: invalid start byte"),
+    ],
+)  # fmt: skip
+def test_corrupt_files_are_one_line_errors_naming_the_file(
+    tmp_path, monkeypatch, folders, file, corrupt, reason
+):
+    """Refused for either role at start-up, before any weights load, with the file named."""
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded before the files were checked")
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", no_weights)
+    bad = _corrupt_copy(folders["bytelevel"], tmp_path / "bad", file, corrupt)
+    message = one_line_error(load_pair, model_cfg(folders["metaspace"], bad))
+    if reason is None:  # a truncated JSON file: the parser's position depends on the content
+        head = (
+            f"model.teacher.path='{bad}': {bad / file} is corrupt or truncated (JSONDecodeError: "
+        )
+        assert message.startswith(head)
+        assert message.endswith("); re-save or re-download the model")
+    else:
+        assert message == _corrupt_message("teacher", bad, file, reason)
+
+
+def test_tokenizer_json_the_tokenizers_library_refuses(tmp_path, folders):
+    """Valid JSON but not a tokenizer: the error from transformers is traced to tokenizer.json."""
+
+    def bad_model(path: Path) -> None:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "model": {"vocab": 5}}))
+
+    bad = _corrupt_copy(folders["bytelevel"], tmp_path / "bad", "tokenizer.json", bad_model)
+    message = one_line_error(load_pair, model_cfg(bad, folders["metaspace"]))
+    prefix = f"model.student.path='{bad}': {bad / 'tokenizer.json'} is corrupt or truncated ("
+    assert message.startswith(prefix + "Exception: ")
+    assert message.endswith("); re-save or re-download the model")
+
+
+def test_load_model_and_load_tokenizer_name_the_corrupt_file(tmp_path, monkeypatch, folders):
+    weights = _corrupt_copy(folders["metaspace"], tmp_path / "w", "model.safetensors", _truncate)
+    opts = role_options("student", {"path": str(weights)})
+    assert one_line_error(models.load_model, opts, str(weights)) == _corrupt_message(
+        "student",
+        weights,
+        "model.safetensors",
+        "SafetensorError: Error while deserializing header: incomplete metadata, file not "
+        "fully covered",
+    )
+    tok = _corrupt_copy(folders["metaspace"], tmp_path / "t", "tokenizer.json", _truncate)
+    opts = role_options("teacher", {"path": str(tok)})
+    assert one_line_error(models.load_tokenizer, opts, str(tok)).startswith(
+        f"model.teacher.path='{tok}': {tok / 'tokenizer.json'} is corrupt or truncated "
+        "(JSONDecodeError: "
+    )
+
+    # A file the start-up check cannot see (a hub download): transformers' error, one line.
+    monkeypatch.setattr(models, "local_folder", lambda source: None)
+    message = one_line_error(models.load_model, role_options("student", {"path": "x/y"}), weights)
+    assert message == (
+        "model.student.path='x/y': a safetensors weights file is corrupt or truncated "
+        "(SafetensorError: Error while deserializing header: incomplete metadata, file not "
+        "fully covered); re-save or re-download the model"
+    )
+
+
+def test_corrupt_bin_weights_and_missing_shards(tmp_path, folders):
+    reference = AutoModelForCausalLM.from_pretrained(folders["metaspace"])
+    teacher = folders["bytelevel"]
+
+    def bin_weights(name: str, corrupt) -> Path:
+        folder = shutil.copytree(folders["metaspace"], tmp_path / name)
+        (folder / "model.safetensors").unlink()
+        torch.save(reference.state_dict(), folder / "pytorch_model.bin")
+        corrupt(folder / "pytorch_model.bin")
+        return folder
+
+    truncated = bin_weights("truncated", _truncate)
+    assert one_line_error(load_pair, model_cfg(truncated, teacher)) == _corrupt_message(
+        "student", truncated, "pytorch_model.bin", "BadZipFile: File is not a zip file"
+    )
+    garbage = bin_weights("garbage", lambda p: p.write_bytes(b"\xff" * 4096))
+    assert one_line_error(load_pair, model_cfg(garbage, teacher)) == _corrupt_message(
+        "student", garbage, "pytorch_model.bin", "not a torch checkpoint"
+    )
+
+    sharded = shutil.copytree(folders["metaspace"], tmp_path / "sharded")
+    (sharded / "model.safetensors").unlink()
+    reference.save_pretrained(sharded, max_shard_size="20KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 2
+    load_pair(model_cfg(sharded, teacher))  # intact shards load
+    _truncate(shards[1])
+    assert one_line_error(load_pair, model_cfg(sharded, teacher)) == _corrupt_message(
+        "student",
+        sharded,
+        shards[1].name,
+        "SafetensorError: Error while deserializing header: incomplete metadata, file not "
+        "fully covered",
+    )
+    shards[1].unlink()
+    assert one_line_error(load_pair, model_cfg(sharded, teacher)) == (
+        f"model.student.path='{sharded}': {shards[1]} is missing (listed in "
+        f"{sharded / 'model.safetensors.index.json'}); re-save or re-download the model"
+    )
+
+
+def test_corrupt_zoo_entry_names_the_entry(tmp_path, monkeypatch, folders):
+    """Roles from the zoo: the remedy is to delete the entry (the next run rebuilds it)."""
+    shutil.copytree(folders["bytelevel"], tmp_path / "student")
+    shutil.copytree(folders["metaspace"], tmp_path / "teacher")
+    _truncate(tmp_path / "teacher" / "model.safetensors")
+    monkeypatch.setattr(models, "ensure_zoo", lambda cfg: tmp_path)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config")
+    assert one_line_error(load_pair, cfg.model) == (
+        f"model.teacher.path='{tmp_path / 'teacher'}': "
+        f"{tmp_path / 'teacher' / 'model.safetensors'} is corrupt or truncated (SafetensorError: "
+        "Error while deserializing header: incomplete metadata, file not fully covered); "
+        f"delete the zoo entry {tmp_path} to rebuild it"
+    )
 
 
 # -- loading safety and options ---------------------------------------------------------------
@@ -366,17 +556,19 @@ def direct_teacher_reward(teacher, tok, prompt: str, text: str, finished: bool) 
         )
         return full[len(prefix) :].rstrip()
 
+    def span(suffix: str) -> list[int]:
+        joint = tok(prefix + suffix, add_special_tokens=False)["input_ids"]  # the documented rule:
+        if joint[: len(p)] == p:  # the conversation as one text, unless that changes prompt ids
+            return joint[len(p) :]
+        return tok(suffix, add_special_tokens=False)["input_ids"]
+
     suffix, closing = turn(text), turn("")
-    if not finished and closing and suffix.endswith(closing):
-        suffix = suffix[: len(suffix) - len(closing)]
+    assert closing  # the end-of-turn marker: an empty response is scored on it
     p = tok(prefix, add_special_tokens=False)["input_ids"]
-    joint = tok(prefix + suffix, add_special_tokens=False)["input_ids"]  # the documented rule:
-    if joint[: len(p)] == p:  # the conversation as one text, unless that changes the prompt ids
-        s = joint[len(p) :]
-    else:
-        s = tok(suffix, add_special_tokens=False)["input_ids"]
-    if not s:
-        return 0.0
+    s = span(suffix)
+    if not finished and suffix.endswith(closing):  # cut: no marker, unless nothing is left
+        s = span(suffix[: len(suffix) - len(closing)]) or s
+    assert s
     ids = torch.tensor([p + s])
     with torch.no_grad():
         logp = teacher(input_ids=ids).logits[0, len(p) - 1 : -1].log_softmax(-1)
@@ -457,6 +649,42 @@ def test_cross_tokenizer_rollout_and_training_step(folders, student_flavour, tea
     assert torch.isfinite(pad_step(student, tok_s, teacher, tok_t, roll, n))
     assert any(not torch.equal(before_s[k], v) for k, v in student.state_dict().items())
     assert all(torch.equal(before_t[k], v) for k, v in teacher.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("student_flavour", "teacher_flavour"),
+    [("bytelevel", "metaspace"), ("metaspace", "bytelevel")],
+)
+def test_special_token_student_is_scored_on_its_tokens(folders, student_flavour, teacher_flavour):
+    """A student that generates only one special token of its own vocabulary: the text keeps it
+    (so it is scored, by the student as that token and by the teacher as plain text), and the
+    rewards are real log-likelihoods, not the 0.0 of an empty scored span."""
+    student, tok_s, teacher, tok_t = load_pair(
+        model_cfg(folders[student_flavour], folders[teacher_flavour])
+    )
+    special = {"bytelevel": "<|im_start|>", "metaspace": "<|start_header_id|>"}[student_flavour]
+    special_id = tok_s.convert_tokens_to_ids(special)
+    student.generation_config.suppress_tokens = [i for i in range(len(tok_s)) if i != special_id]
+    n, k = 2, 3
+    torch.manual_seed(0)
+    roll = collect(
+        student,
+        tok_s,
+        teacher,
+        tok_t,
+        PROMPTS,
+        n,
+        SamplingConfig(max_new_tokens=k),
+        CalibrationConfig("none"),
+    )
+    assert roll.truncated.all()
+    assert all(t == special * k for group in roll.texts for t in group)
+    assert all(p.ids[p.prompt_len :] == [special_id] * k for p in roll.student_pairs)
+    assert torch.isfinite(roll.teacher_rewards).all() and (roll.teacher_rewards < 0).all()
+    direct = direct_teacher_reward(teacher, tok_t, PROMPTS[0], roll.texts[0][0], False)
+    torch.testing.assert_close(float(roll.teacher_rewards[0, 0]), direct, atol=1e-5, rtol=1e-4)
+    student_rewards = score_pairs(student, roll.student_pairs, pad_id(tok_s))
+    assert torch.isfinite(student_rewards).all() and (student_rewards < 0).all()
 
 
 # -- LoRA ---------------------------------------------------------------------------------------

@@ -5,6 +5,12 @@ loaded and its chat template rendered once, for both roles, before any weights l
 teacher is refused before minutes of student loading. Every user error is a one-line
 `ConfigError` naming the key.
 
+Corrupt files: the JSON files transformers reads must parse as JSON objects, templates as UTF-8
+and the weights files' headers must parse (safetensors headers; torch zip directories), checked
+for both roles at start-up (a few KB read per weights file); a file that fails is named in a
+`ConfigError` ("<file> is corrupt or truncated (...)"). A tokenizer that fails to load is traced
+to its tokenizer.json where that file is the cause.
+
 Safety: weights load from safetensors, or from `.bin` files through torch's `weights_only`
 unpickler, which accepts tensors and refuses anything that would run code; custom modelling code
 shipped with a model runs only with `trust_remote_code: true` (passed as False otherwise, so
@@ -13,8 +19,10 @@ transformers never asks interactively).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,9 +31,11 @@ from pathlib import Path
 import huggingface_hub
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from .chat import ChatTemplateError, prompt_text, response_suffix
+from .chat import ChatTemplateError, check_end_marker, prompt_text, response_suffix
 from .toy.zoo import ModelSpec, ZooConfig, ensure_zoo
 from .validation import ConfigError
 
@@ -50,6 +60,22 @@ ROLE_KEYS = (
 )
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "save")
 LORA_INSTALL = "pip install 'pad-lightning[lora]'"
+# Files transformers reads from a model folder; each, where present, must be a JSON object.
+JSON_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "adapter_config.json",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+TEXT_FILES = ("chat_template.jinja", "merges.txt")  # must decode as UTF-8
+# The first bytes of a torch.save file in the legacy (pre-zip) format: the pickled magic number.
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 @dataclass
@@ -239,12 +265,169 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def _error(err: BaseException) -> str:
+    """`Type: first line of the message` of an exception."""
+    first = _first_line(err)
+    return first if first == type(err).__name__ else f"{type(err).__name__}: {first}"
+
+
+def _source_key(opts: RoleOptions, source: str) -> str:
+    return f"{opts.key('path')}={opts.path or source!r}"
+
+
+def local_folder(source: str) -> Path | None:
+    """The folder a source's files are read from: the local folder, or a cached hub id's
+    snapshot; None for a hub id that is not cached (transformers downloads it)."""
+    folder = Path(os.path.expanduser(source))
+    if folder.is_dir():
+        return folder
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(source, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _remedy(opts: RoleOptions, folder: Path | None) -> str:
+    if opts.path is None and folder is not None:  # a toy zoo entry
+        return f"delete the zoo entry {folder.parent} to rebuild it"
+    return "re-save or re-download the model"
+
+
+def _corrupt(opts: RoleOptions, source: str, file: Path, reason: str) -> ConfigError:
+    return ConfigError(
+        f"{_source_key(opts, source)}: {file} is corrupt or truncated ({reason}); "
+        f"{_remedy(opts, file.parent)}"
+    )
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    try:
+        with safe_open(str(path), "pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError) as err:
+        return _error(err)
+    return None
+
+
+def _torch_problem(path: Path) -> str | None:
+    """Why a torch.save file cannot be a checkpoint (zip directory or legacy header), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LEGACY_TORCH_MAGIC))
+        if head.startswith(b"PK"):
+            zipfile.ZipFile(path).close()
+            return None
+    except (OSError, zipfile.BadZipFile) as err:
+        return _error(err)
+    return None if head == LEGACY_TORCH_MAGIC else "not a torch checkpoint"
+
+
+def check_weight_files(opts: RoleOptions, source: str) -> None:
+    """Refuse weights files whose headers do not parse (truncated, garbled) or that an index
+    lists but are missing: one ConfigError naming the file. Only headers are read; the
+    safetensors files (sharded or not) are checked, or the .bin files when there are none."""
+    folder = local_folder(source)
+    if folder is None:
+        return
+    formats = (
+        ("model.safetensors.index.json", "model.safetensors", _safetensors_problem),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin", _torch_problem),
+    )
+    for index_name, single, problem in formats:
+        index, names = folder / index_name, []
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                names = sorted(set(weight_map.values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                raise _corrupt(opts, source, index, _error(err)) from None
+        if (folder / single).is_file():
+            names.append(single)
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise ConfigError(
+                    f"{_source_key(opts, source)}: {path} is missing (listed in {index}); "
+                    f"{_remedy(opts, folder)}"
+                )
+            reason = problem(path)
+            if reason:
+                raise _corrupt(opts, source, path, reason)
+        if names:  # transformers loads safetensors where there are any, else .bin
+            break
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.is_file() and (reason := _safetensors_problem(adapter)):
+        raise _corrupt(opts, source, adapter, reason)
+
+
+def check_model_files(opts: RoleOptions, source: str) -> None:
+    """Refuse a local (or cached) model folder with a corrupt file: JSON files that do not parse
+    as objects, templates that are not UTF-8, weights whose headers do not parse (see
+    `check_weight_files`); one ConfigError naming the file instead of a parser's traceback."""
+    folder = local_folder(source)
+    if folder is None:
+        return
+    for name in JSON_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError
+            raise _corrupt(opts, source, path, _error(err)) from None
+        if not isinstance(data, dict):
+            raise _corrupt(opts, source, path, f"a JSON {type(data).__name__}, not an object")
+    for name in TEXT_FILES:
+        path = folder / name
+        try:
+            if path.is_file():
+                path.read_text(encoding="utf-8")
+        except (OSError, ValueError) as err:
+            raise _corrupt(opts, source, path, _error(err)) from None
+    check_weight_files(opts, source)
+
+
+def _tokenizer_error(opts: RoleOptions, source: str, err: BaseException) -> ConfigError:
+    """A tokenizer that failed to load: blame tokenizer.json if the tokenizers library refuses it,
+    else report the error against the folder's tokenizer files."""
+    folder = local_folder(source)
+    file = folder / "tokenizer.json" if folder is not None else None
+    if file is not None and file.is_file():
+        try:
+            Tokenizer.from_file(str(file))
+        except Exception as tok_err:  # the tokenizers library raises bare Exceptions
+            return _corrupt(opts, source, file, _error(tok_err))
+    return ConfigError(
+        f"{_source_key(opts, source)}: its tokenizer fails to load ({_error(err)}); "
+        f"{_remedy(opts, folder)}"
+    )
+
+
+def _auto_tokenizer(opts: RoleOptions, source: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=opts.trust_remote_code)
+    except (KeyError, TypeError, AttributeError, IndexError) as err:  # garbled tokenizer files
+        raise _tokenizer_error(opts, source, err) from None
+    except Exception as err:
+        if type(err) is not Exception:  # the tokenizers library raises bare Exceptions
+            raise
+        raise _tokenizer_error(opts, source, err) from None
+
+
 @contextmanager
 def _loading(opts: RoleOptions, source: str) -> Iterator[None]:
     """Turn transformers' loading errors into one-line ConfigErrors naming the key to change."""
-    key = f"{opts.key('path')}={opts.path or source!r}"
+    key = _source_key(opts, source)
     try:
         yield
+    except ConfigError:
+        raise
+    except SafetensorError as err:  # a file the start-up check did not see (a download)
+        raise ConfigError(
+            f"{key}: a safetensors weights file is corrupt or truncated ({_error(err)}); "
+            "re-save or re-download the model"
+        ) from None
     except pickle.UnpicklingError:
         raise ConfigError(
             f"{key}: refused its .bin weights: they hold more than tensors, and loading them "
@@ -307,6 +490,16 @@ def check_chat_template(opts: RoleOptions, tokenizer: PreTrainedTokenizerBase, s
             f"{key}: the template of {opts.path or source!r} fails on a user/assistant "
             f"exchange: {_first_line(err)}"
         ) from None
+    # An empty response must have a scored span: the template's end-of-turn marker (see `chat`).
+    try:
+        check_end_marker(tokenizer, key)
+    except ChatTemplateError as err:
+        raise ConfigError(str(err)) from None
+    except Exception as err:  # a template that refuses an empty assistant turn
+        raise ConfigError(
+            f"{key}: the template of {opts.path or source!r} fails on an empty assistant "
+            f"turn: {_first_line(err)}"
+        ) from None
 
 
 def load_tokenizer(opts: RoleOptions, source: str) -> PreTrainedTokenizerBase:
@@ -317,9 +510,10 @@ def load_tokenizer(opts: RoleOptions, source: str) -> PreTrainedTokenizerBase:
     scoring, every padded position masked), so a tokenizer without a pad token works as is.
     """
     override = template_override(opts)
+    check_model_files(opts, source)
     with _loading(opts, source):
         AutoConfig.from_pretrained(source, trust_remote_code=opts.trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=opts.trust_remote_code)
+        tokenizer = _auto_tokenizer(opts, source)
     if override is not None:
         tokenizer.chat_template = override
     check_chat_template(opts, tokenizer, source)
@@ -334,6 +528,7 @@ def load_model(opts: RoleOptions, source: str) -> torch.nn.Module:
     )
     if opts.attn_implementation:
         kwargs["attn_implementation"] = opts.attn_implementation
+    check_weight_files(opts, source)
     with _loading(opts, source):
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if opts.gradient_checkpointing:

@@ -4,10 +4,18 @@ Both are trained with the framework's own Lightning SFT loop, deterministically 
 and saved as ordinary HF folders (config, safetensors weights, tokenizer with chat template) in
 `<cache_dir>/<key>/{teacher,student}`, where the key hashes everything that shapes them. Later
 runs reuse them. The teacher also learns the MCQ judge prompt with labels from true quality q.
+
+The entry's `card.json` records the size and sha256 of every file of both model folders; a reused
+entry is verified against it (a few MB of hashing) and rebuilt, with one printed line, if a file
+is missing, truncated or changed, or the card is broken. Entries written before the hashes were
+recorded are checked by file presence, JSON parsing and safetensors header parsing, and get their
+hashes then. Builds go to a staging folder renamed into place, so concurrent builders of the same
+entry never see a half-written one; the later finisher keeps the earlier one's entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,6 +25,7 @@ import random
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +34,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from rich.console import Console
 from rich.table import Table
+from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from ..calibration import DEFAULT_TEMPLATE, LETTERS, mcq_prompt
@@ -32,10 +42,14 @@ from ..chat import encode_pairs
 from ..metrics import answer_metrics
 from ..rollout import SamplingConfig, generate
 from ..sft import BatchStream, SFTModule, sft_batch
+from ..validation import ConfigError
 from .tasks import Problem, corrupt, quality, sample_problems
 from .tokenizer import build_char_tokenizer
 
 ZOO_VERSION = 1
+ROLES = ("teacher", "student")
+# Files every model folder of an entry must hold (save_pretrained of the model and tokenizer).
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 console = Console()
 
 
@@ -263,15 +277,164 @@ def judge_accuracy(model, tokenizer, problems: list[Problem], cfg: ZooConfig) ->
     return float((picks_first == torch.tensor(correct_first)).float().mean())
 
 
+def _say(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _error(err: BaseException) -> str:
+    """`Type: first line of the message` of an exception."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_records(root: Path) -> dict[str, dict]:
+    """{"teacher/model.safetensors": {"size": bytes, "sha256": hex}, ...}: every file of both
+    model folders of the entry `root`."""
+    records = {}
+    for role in ROLES:
+        for path in sorted((root / role).rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(root).as_posix()
+                records[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return records
+
+
+def _unrecorded_problem(root: Path) -> str | None:
+    """Checks of an entry whose card has no file hashes: JSON files parse, weights headers parse."""
+    for role in ROLES:
+        for path in sorted((root / role).glob("*.json")):
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                return f"{role}/{path.name} is corrupt ({_error(err)})"
+        try:
+            with safe_open(root / role / "model.safetensors", "pt") as weights:
+                weights.keys()
+        except Exception as err:  # SafetensorError (not an OSError), or an OSError
+            return f"{role}/model.safetensors is corrupt or truncated ({_error(err)})"
+    return None
+
+
+def entry_problem(root: Path) -> tuple[str | None, dict | None]:
+    """(why the zoo entry `root` cannot be reused, or None if it is intact; its card if readable).
+
+    An intact entry has a card and the required files of both models; their sizes and sha256
+    match the card's `files` records, or (an entry written before records existed) the JSON files
+    and the safetensors header parse.
+    """
+    try:
+        card = json.loads((root / "card.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "card.json is missing", None
+    except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError
+        return f"card.json is corrupt ({_error(err)})", None
+    files = card.get("files") if isinstance(card, dict) else None
+    if (
+        not isinstance(card, dict)
+        or not isinstance(card.get("models"), dict)
+        or not isinstance(files, dict | None)
+        or (files and not all(isinstance(r, dict) for r in files.values()))
+    ):
+        return "card.json is corrupt (not a zoo card)", None
+    for role in ROLES:
+        for name in REQUIRED_FILES:
+            if not (root / role / name).is_file():
+                return f"{role}/{name} is missing", card
+    if files is None:
+        return _unrecorded_problem(root), card
+    for rel, record in files.items():
+        path = root / rel
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{rel} is missing", card
+        if size != record.get("size"):
+            return (
+                f"{rel} is corrupt or truncated ({size} bytes, card.json records "
+                f"{record.get('size')})"
+            ), card
+        if _sha256(path) != record.get("sha256"):
+            return f"{rel} is corrupt (its sha256 differs from card.json's)", card
+    return None, card
+
+
+def _write_card(root: Path, card: dict) -> None:
+    """Write `root/card.json` atomically (a reader sees the old or the new card, never half)."""
+    tmp = root / f".card-{uuid.uuid4().hex[:8]}.json"
+    try:
+        tmp.write_text(json.dumps(card, indent=2))
+        os.replace(tmp, root / "card.json")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _unwritable(cfg: ZooConfig, what: str, err: OSError, remove: Path | None = None) -> ConfigError:
+    fix = f"remove it with `rm -rf {remove}`, or set" if remove is not None else "set"
+    return ConfigError(
+        f"model.zoo.cache_dir={cfg.cache_dir!r}: {what} ({_error(err)}); {fix} "
+        "model.zoo.cache_dir (or PAD_LIGHTNING_CACHE) to a writable folder"
+    )
+
+
+def _discard(cfg: ZooConfig, root: Path, problem: str) -> None:
+    """Move a corrupt entry out of the way (then delete it); ConfigError if it cannot be moved."""
+    stale = root.with_name(f".stale-{root.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        root.rename(stale)
+    except FileNotFoundError:  # another process moved it first
+        return
+    except OSError as err:
+        what = f"the zoo entry {root} is corrupt ({problem}) and cannot be rebuilt"
+        raise _unwritable(cfg, what, err, remove=root) from None
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def _install(cfg: ZooConfig, staging: Path, root: Path) -> bool:
+    """Rename the finished `staging` folder to `root`; True if it was installed, False if another
+    process finished an intact entry first (that one is kept, the staging folder is discarded)."""
+    for _ in range(5):
+        try:
+            staging.rename(root)
+            return True
+        except OSError:  # `root` exists (not empty): another builder, or a corrupt leftover
+            if not root.exists():
+                continue  # moved away meanwhile: try again
+            problem, _ = entry_problem(root)
+            if problem is None:
+                return False
+            _discard(cfg, root, problem)
+    staging.rename(root)  # still contended after five tries: let the OSError surface
+    return True
+
+
 def ensure_zoo(cfg: ZooConfig) -> Path:
-    """Path of the zoo folder for `cfg`, training and saving both models if not cached."""
+    """Path of the zoo folder for `cfg`, training and saving both models if not cached, and
+    rebuilding a cached entry that fails verification (see the module docstring)."""
     root = cfg.root()
-    if (root / "card.json").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.exists():
+        problem, card = entry_problem(root)
+        if problem is None:
+            if "files" not in card:  # an entry from before the records: add them
+                with contextlib.suppress(OSError):  # a read-only cache: verified again next time
+                    _write_card(root, {**card, "files": file_records(root)})
+            return root
+        _say(f"zoo {cfg.key()}: {problem}; rebuilding")
+        _discard(cfg, root, problem)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+    except OSError as err:
+        raise _unwritable(cfg, f"cannot build the zoo entry {root}", err) from None
     tokenizer = build_char_tokenizer()
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
-    card: dict = {"key": cfg.key(), "config": dataclasses.asdict(cfg), "models": {}}
+    card = {"key": cfg.key(), "config": dataclasses.asdict(cfg), "models": {}}
     test = sample_problems(cfg.tasks, "test", cfg.eval_size, seed=cfg.seed)
     try:
         for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
@@ -281,13 +444,14 @@ def ensure_zoo(cfg: ZooConfig) -> Path:
             card["models"][role] = info
             model.save_pretrained(staging / role)
             tokenizer.save_pretrained(staging / role)
+        card["files"] = file_records(staging)
         (staging / "card.json").write_text(json.dumps(card, indent=2))
-        if root.exists():  # an incomplete folder from an interrupted build
-            shutil.rmtree(root)
-        staging.rename(root)
+        installed = _install(cfg, staging, root)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+    if not installed:
+        _say(f"zoo {cfg.key()}: another process built this entry first; using it")
     show_card(card)
     return root
 
