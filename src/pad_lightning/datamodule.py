@@ -22,7 +22,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .chat import pad_id
-from .divergence import TrainingDiverged, describe
 from .interrupts import fault
 from .metrics import distinct_fraction, kendall_tau, nanmean, quality_matrix
 from .preference import ranking_entropy
@@ -112,14 +111,6 @@ class RolloutDataModule(L.LightningDataModule):
             self.cfg.max_tokens,
             module._autocast_dtype(),
         )
-        for name, values in (("rewards", roll.teacher_rewards), ("scores", roll.teacher_scores)):
-            if not bool(torch.isfinite(values).all()):
-                raise TrainingDiverged(
-                    f"epoch {self.trainer.current_epoch}: teacher {name} of the rollout: "
-                    f"{describe(values)} are not finite; the teacher model (model.teacher) "
-                    "gives non-finite log-probabilities: check its weights, and use "
-                    "trainer.inference_dtype=bfloat16 or float32 rather than float16"
-                )
         self.last_rollout = roll
         self.epoch_stats.append(rollout_stats(roll, problems, module.loss_cfg.beta_teacher))
         return roll

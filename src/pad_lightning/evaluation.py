@@ -23,6 +23,7 @@ class EvalConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     max_tokens: int = 16384
+    seed: int = 0  # seeds the evaluation's own sampling stream (see PADModule._eval_step)
 
 
 @torch.no_grad()

@@ -123,8 +123,6 @@ def run_experiment(cfg: DictConfig, overrides: list[str], state: dict | None = N
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    L.seed_everything(cfg.seed, verbose=False)
-
     # Prompt files are read before any model loads (a bad file costs seconds, not minutes); the
     # token-length filter needs the student tokenizer, so it applies after loading.
     needs_tokenizer = cfg.data.get("max_prompt_tokens") is not None
@@ -137,6 +135,9 @@ def run_experiment(cfg: DictConfig, overrides: list[str], state: dict | None = N
     _check_option_letters(cfg, tok_t)
     if needs_tokenizer:
         train, val, test = build_problems(cfg.data, tokenizer=tok_s)
+    # Seeded after loading: building the zoo (first run only) draws random numbers, and a run
+    # must not depend on whether its models were cached.
+    L.seed_everything(cfg.seed, verbose=False)
     sampling, cal, rollout, loss, optim = _configs(cfg)
     batches_per_epoch = rollout.rounds * math.ceil(rollout.prompts_per_epoch / rollout.batch_size)
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # configs saved before it: 1
@@ -152,7 +153,7 @@ def run_experiment(cfg: DictConfig, overrides: list[str], state: dict | None = N
         tok_t,
         loss,
         optim,
-        EvalConfig(cfg.n, sampling, cal, rollout.max_tokens),
+        EvalConfig(cfg.n, sampling, cal, rollout.max_tokens, seed=cfg.seed),
         total_steps=state["schedule_epochs"] * steps_per_epoch,
         inference_dtype=cfg.trainer.inference_dtype,
     )

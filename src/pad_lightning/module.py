@@ -120,8 +120,13 @@ class PADModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation -----------------------------------------------------------------------
-    def _eval_step(self, problems: list) -> None:
-        metrics = evaluate(self, problems, self.eval_cfg, self._autocast_dtype())
+    def _eval_step(self, problems: list, batch_idx: int) -> None:
+        # Evaluation samples from its own seeded stream: before/after/val compare like with like,
+        # and how often one validates never changes the training run's random numbers.
+        device = self.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.eval_cfg.seed * 1_000_003 + batch_idx)
+            metrics = evaluate(self, problems, self.eval_cfg, self._autocast_dtype())
         for name, value in metrics.items():
             self.log(
                 f"{self.eval_tag}/{name}",
@@ -132,10 +137,10 @@ class PADModule(L.LightningModule):
             )
 
     def validation_step(self, problems: list, batch_idx: int) -> None:
-        self._eval_step(problems)
+        self._eval_step(problems, batch_idx)
 
     def test_step(self, problems: list, batch_idx: int) -> None:
-        self._eval_step(problems)
+        self._eval_step(problems, batch_idx)
 
     def _autocast_dtype(self) -> torch.dtype | None:
         """Autocast dtype of the no-grad passes: generation, teacher scoring, calibration."""

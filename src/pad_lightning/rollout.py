@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .calibration import DEFAULT_TEMPLATE, mix, selection_log_probs
 from .chat import EncodedPair, encode_pairs, encode_prompt, pad_id
+from .divergence import TrainingDiverged, describe
 from .rewards import score_pairs
 
 
@@ -203,6 +204,14 @@ def collect(
         )
         scores = mix(rewards, log_p_sel, calibration.alpha)
         seconds["calibration"] = time.perf_counter() - started
+    for name, values in (("rewards", rewards), ("calibrated scores", scores)):
+        if not bool(torch.isfinite(values).all()):
+            raise TrainingDiverged(
+                f"teacher {name} of {len(prompts)} prompts x {n} responses: {describe(values)} "
+                "are not finite; the teacher model (model.teacher) gives non-finite "
+                "log-probabilities: check its weights, and prefer trainer.inference_dtype="
+                "bfloat16 or float32 to float16"
+            )
     return Rollout(
         prompts,
         gens.texts,
