@@ -13,6 +13,7 @@ from conftest import FullLogits
 from pad_lightning.calibration import (
     DEFAULT_TEMPLATE,
     listwise_orders,
+    log_win_matrix,
     mcq_prompt,
     mix,
     option_log_probs,
@@ -138,7 +139,7 @@ def test_option_log_probs_reads_last_real_token(tok):
 
 @pytest.mark.parametrize("debias", [True, False])
 def test_pairwise_selection_matches_reference(tok, debias):
-    """Whole procedure against a hand implementation; identical texts are not asked."""
+    """Whole procedure against a hand implementation; identical texts are not asked (1/2)."""
     fake = FakeLM(tok, _content_logit, distractor_logit=3.0)
     questions = ["rev abc", "sort 3 1"]
     responses = [["cba", "cba", "abc"], ["1 3", "3 1", "13"]]
@@ -149,7 +150,7 @@ def test_pairwise_selection_matches_reference(tok, debias):
     for p, (q, group) in enumerate(zip(questions, responses, strict=True)):
         pa = {}
         for i, j in itertools.permutations(range(n), 2):
-            if (debias and group[i] == group[j]) or (not debias and i > j):
+            if group[i] == group[j] or (not debias and i > j):
                 continue
             ids = encode_prompt(tok, mcq_prompt(q, [group[i], group[j]]))
             tokens += len(ids)
@@ -161,11 +162,10 @@ def test_pairwise_selection_matches_reference(tok, debias):
             for j in range(n):
                 if i == j:
                     continue
-                if debias:
-                    if group[i] == group[j]:
-                        wins.append(0.5)
-                    else:
-                        wins.append((pa[i, j] + 1 - pa[j, i]) / 2)
+                if group[i] == group[j]:
+                    wins.append(0.5)
+                elif debias:
+                    wins.append((pa[i, j] + 1 - pa[j, i]) / 2)
                 else:
                     wins.append(pa[i, j] if i < j else 1 - pa[j, i])
             expected[p, i] = math.log(sum(wins) / (n - 1))
@@ -190,6 +190,76 @@ def test_identical_responses_not_asked(tok):
     logp, tokens = selection_log_probs(fake, tok, ["q"], [["x"] * 4], "pairwise", True)
     assert tokens == 0 and fake.rows_seen == 0
     torch.testing.assert_close(logp, torch.full((1, 4), math.log(0.5)))
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "listwise"])
+@pytest.mark.parametrize("debias", [True, False])
+def test_identical_options_not_asked_with_or_without_debias(tok, mode, debias):
+    # the README promises it for every mode; one-order questions used to be asked anyway
+    k = 2 if mode == "pairwise" else 3
+    fake = FakeListLM(tok, k, lambda s, c: 2.0 * torch.sin(0.37 * s + 1.3 * c))
+    fake.rows_seen = 0
+    forward = fake.forward
+
+    def counting(input_ids, **kwargs):
+        fake.rows_seen += input_ids.shape[0]
+        return forward(input_ids, **kwargs)
+
+    fake.forward = counting
+    groups = [["ab", "ab", "ab"], ["ab", "ab", "cd"]]  # all the same; one pair the same
+    logp, tokens = selection_log_probs(fake, tok, ["q", "q"], groups, mode, debias)
+    orders = (pairwise_questions if mode == "pairwise" else listwise_orders)(3, debias)
+    asked = [
+        (p, order)
+        for p, group in enumerate(groups)
+        for order in orders
+        if len({group[i] for i in order}) > 1
+    ]
+    assert fake.rows_seen == len(asked) and len(asked) < 2 * len(orders)
+    assert tokens == sum(
+        len(encode_prompt(tok, mcq_prompt("q", [groups[p][i] for i in order])))
+        for p, order in asked
+    )
+    # the all-identical group is exactly uniform whatever the judge's position bias: every
+    # pair a tie (1/2), every list 1/3
+    uniform = 1 / 2 if mode == "pairwise" else 1 / 3
+    torch.testing.assert_close(logp[0], torch.full((3,), math.log(uniform)))
+    if mode == "pairwise":  # y_0 vs y_1 are the same text: each wins 1/2 of that pair
+        assert not any(p == 1 and set(order) == {0, 1} for p, order in asked)
+
+
+@pytest.mark.parametrize("debias", [True, False])
+def test_confident_judge_keeps_tiny_probabilities(tok, debias):
+    # p(B) = sigmoid(-20) ~ 2e-9: 1 - p(A) is 0 in float32 (log p_sel was log 1e-12 = -27.6)
+    fake = FakeLM(tok, lambda s: torch.full_like(s, 20.0))
+    responses = [["cba", "abc", "bca"]]
+    logp, _ = selection_log_probs(fake, tok, ["rev abc"], responses, "pairwise", debias)
+    p_a = torch.sigmoid(torch.tensor(20.0, dtype=torch.float64))
+    p_b = torch.sigmoid(torch.tensor(-20.0, dtype=torch.float64))
+    if debias:  # a purely positional judge: every win probability is (p_A + p_B) / 2
+        expected = torch.full((3,), ((p_a + p_b) / 2).log().item(), dtype=torch.float64)
+    else:  # lower index is "A": y_0 wins both, y_1 loses to y_0, y_2 loses both
+        expected = torch.stack([p_a, (p_b + p_a) / 2, p_b]).log()
+    assert (logp[0].double() - expected).abs().max() < 1e-3
+    if not debias:
+        assert abs(logp[0, 2].item() - math.log(2.0611536e-9)) < 1e-3  # about -20.0
+
+    # listwise: the letters after the first get ~2e-9 each
+    fake = FakeListLM(tok, 3, lambda s, c: torch.full_like(s, 20.0 if c == 0 else 0.0))
+    logp, _ = selection_log_probs(fake, tok, ["rev abc"], responses, "listwise", False)
+    tiny = math.exp(-20) / (1 + 2 * math.exp(-20))
+    expected = torch.tensor([math.log1p(-2 * tiny), math.log(tiny), math.log(tiny)])
+    assert (logp[0].double() - expected.double()).abs().max() < 1e-3
+
+
+def test_log_win_matrix_matches_win_matrix():
+    n = 4
+    for debias in (True, False):
+        questions = pairwise_questions(n, debias)
+        logits = torch.randn(2, len(questions), 2, generator=torch.Generator().manual_seed(1))
+        logp = logits.log_softmax(-1)
+        w = win_matrix(logp[..., 0].exp(), questions, n, debias, p_second=logp[..., 1].exp())
+        torch.testing.assert_close(log_win_matrix(logp, questions, n, debias).exp(), w)
 
 
 def test_mix_formula():

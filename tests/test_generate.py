@@ -332,7 +332,13 @@ def test_model_folder_errors(student_dir, tmp_path):
     not_jinja.write_text("just text")
     message = error_of(
         lambda: run_main(
-            broken["template"], "arena_hard", questions, out, "--chat-template", str(not_jinja)
+            broken["template"],
+            "arena_hard",
+            questions,
+            out,
+            "--chat-template",
+            str(not_jinja),
+            "--overwrite",
         )
     )
     assert (
@@ -362,3 +368,74 @@ def test_check_export_rejects_bad_answer_files(student_dir, tmp_path):
     rejects([{**good[0], "model_id": " "}, *good[1:]], "non-empty model id")
     one_turn = {**good[0], "choices": [{"index": 0, "turns": ["only one"]}]}
     rejects([one_turn, *good[1:]], r"expected 2 answer text\(s\)")
+
+
+# ---------------------------------------------------------------------------------------------
+# --out: never the question file, an existing file only with --overwrite
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the export gets as far as loading (or looking up) a model."""
+    import pad_lightning.generate as gen
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the --out check")
+
+    monkeypatch.setattr(gen, "load_student", forbidden)
+    monkeypatch.setattr(gen, "resolve_run_student", forbidden)
+
+
+def test_existing_out_refused_without_overwrite(student_dir, tmp_path, no_model_load):
+    questions = write_jsonl(tmp_path / "q.jsonl", ARENA)
+    out = tmp_path / "pad-s.jsonl"
+    out.write_text("previous answers\n")
+    message = error_of(lambda: run_main(student_dir, "arena_hard", questions, out))
+    assert message == (
+        f"generate error: --out {out}: already exists; pass --overwrite to replace it, "
+        "or choose another --out"
+    )
+    assert out.read_text() == "previous answers\n"
+    # --run is refused the same way, before the run is looked up
+    message = error_of(
+        lambda: main(
+            ["--run", "0" * 32, "--format", "arena_hard", "--questions", str(questions)]
+            + ["--out", str(out)]
+        )
+    )
+    assert f"--out {out}: already exists" in message
+
+
+def test_overwrite_replaces_existing_out(student_dir, tmp_path, capsys):
+    questions = write_jsonl(tmp_path / "q.jsonl", ARENA)
+    out = tmp_path / "pad-s.jsonl"
+    out.write_text("previous answers\n")
+    run_main(student_dir, "arena_hard", questions, out, "--model-id", "pad-s", "--overwrite")
+    assert [r["uid"] for r in read_jsonl(out)] == [q["uid"] for q in ARENA]
+    assert "wrote 2 arena_hard answers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "hardlink"])
+def test_out_is_question_file_always_refused(student_dir, tmp_path, no_model_load, spelling):
+    questions = write_jsonl(tmp_path / "q.jsonl", ARENA)
+    before = questions.read_text()
+    (tmp_path / "sub").mkdir()
+    out = {
+        "same": questions,
+        "dotdot": tmp_path / "sub" / ".." / "q.jsonl",
+        "symlink": tmp_path / "link.jsonl",
+        "hardlink": tmp_path / "hard.jsonl",
+    }[spelling]
+    if spelling == "symlink":
+        out.symlink_to(questions)
+    elif spelling == "hardlink":
+        os.link(questions, out)
+    for extra in ((), ("--overwrite",)):
+        message = error_of(
+            lambda extra=extra: run_main(student_dir, "arena_hard", questions, out, *extra)
+        )
+        assert message == (
+            f"generate error: --out {out}: is the question file (--questions {questions}); "
+            "write the answers to another file"
+        )
+    assert questions.read_text() == before

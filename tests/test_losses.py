@@ -10,6 +10,7 @@ import torch
 from pad_lightning.losses import (
     DIVERGENCES,
     LOSSES,
+    NonFiniteScoresError,
     decomposed,
     loss_function,
     max_group_size,
@@ -177,3 +178,49 @@ def test_decomposed_bad_group_size():
         decomposed(ppd, s, t, 4)
     with pytest.raises(ValueError):
         decomposed(ppd, s, t, 1)
+
+
+# ------------------------------------------------------------------------- non-finite scores
+
+CHECKED = {
+    **ALL,
+    **{f"split-{name}": (lambda s, t, fn=fn: decomposed(fn, s, t, 2)) for name, fn in ALL.items()},
+}
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+@pytest.mark.parametrize(
+    ("bad", "kind"), [(math.nan, "nan"), (math.inf, "+inf"), (-math.inf, "-inf")]
+)
+@pytest.mark.parametrize("name", sorted(CHECKED))
+def test_non_finite_scores_raise(name, side, bad, kind):
+    # before: PPD returned NaN, VPD ranked a NaN teacher score first (argsort puts NaN first)
+    fn = CHECKED[name]
+    torch.manual_seed(6)
+    s, t = torch.randn(4, 4, requires_grad=True), torch.randn(4, 4)
+    scores = {"student": s.detach().clone(), "teacher": t.clone()}
+    scores[side][0, 1] = bad
+    scores[side][2, 3] = bad
+    scores[side][3, 0] = bad
+    if side == "student":
+        scores["student"].requires_grad_()
+    with pytest.raises(NonFiniteScoresError) as exc:
+        fn(scores["student"], scores["teacher"])
+    message = str(exc.value)
+    assert isinstance(exc.value, ValueError) and "\n" not in message
+    assert message.startswith(f"{side} scores: 3 of 16 are not finite ({kind}); ")
+    other = "teacher" if side == "student" else "student"
+    assert f"{other} scores" not in message
+
+
+def test_non_finite_scores_both_sides_and_kinds():
+    s = torch.tensor([[0.0, math.nan, math.inf, 1.0]])
+    t = torch.tensor([[-math.inf, 0.0, 1.0, 2.0]])
+    with pytest.raises(
+        NonFiniteScoresError,
+        match=r"^student scores: 2 of 4 are not finite "
+        r"\(nan, \+inf\); teacher scores: 1 of 4 are not finite \(-inf\); ",
+    ):
+        ppd(s, t)  # fmt: skip
+    # finite but huge scores are still a loss, not an error
+    assert torch.isfinite(vpd(torch.full((1, 4), 1e30), torch.full((1, 4), -1e30))).all()

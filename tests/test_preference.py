@@ -11,7 +11,7 @@ import torch
 from pad_lightning.preference import (
     MAX_EXACT_N,
     _dp_layers,
-    _suffix_mask_levels,
+    _edge_levels,
     group,
     jsd,
     kl,
@@ -21,6 +21,7 @@ from pad_lightning.preference import (
     ranking_entropy,
     ranking_log_probs,
     subset_logsumexp,
+    subset_max_logsumexp,
 )
 
 F64 = torch.float64
@@ -111,6 +112,55 @@ def test_ranking_log_probs_normalised(n):
     lp = ranking_log_probs(s)
     assert lp.shape == (2, math.factorial(n))
     torch.testing.assert_close(torch.logsumexp(lp, dim=-1), torch.zeros(2), atol=1e-4, rtol=0)
+
+
+def _enumerated_log_probs_f64(scores: torch.Tensor) -> torch.Tensor:
+    """float64 per-position log P(tau) of every itertools.permutations ranking (vectorised)."""
+    n = scores.shape[-1]
+    perms = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)
+    permuted = scores.double()[:, perms]  # [B, n!, n]
+    tail = torch.logcumsumexp(permuted.flip(-1), dim=-1).flip(-1)  # LSE of positions >= k
+    return (permuted - tail).sum(-1)
+
+
+@pytest.mark.parametrize("scale", [10.0, 1e2, 1e3, 1e4])
+def test_ranking_law_float32_precise_at_large_scores(scale):
+    # float32 log P used to be sum(s) minus a sum of subset LSEs: at |s| ~ 1e4 the two cancel
+    # and the law summed to 1 only within ~3e-2; per-position factors keep it within 1e-5
+    torch.manual_seed(7)
+    s = torch.randn(16, 8) * scale
+    lp = ranking_log_probs(s)
+    assert lp.dtype == torch.float32 and lp.shape == (16, math.factorial(8))
+    assert (lp.double().exp().sum(-1) - 1).abs().max() < 1e-5
+    reference = _enumerated_log_probs_f64(s)
+    assert (lp.double().exp() - reference.exp()).abs().max() < 1e-6
+    # every log-probability to float32 relative precision (improbable ones are ~ -1e5)
+    torch.testing.assert_close(lp.double(), reference, rtol=2e-6, atol=1e-5)
+
+
+def test_ranking_law_float32_gradient_at_large_scores():
+    torch.manual_seed(8)
+    s = torch.randn(4, 6) * 300
+    t = torch.randn(4, 6) * 300
+    grads = []
+    for dtype in (torch.float32, F64):
+        x = s.to(dtype).detach().requires_grad_()
+        jsd(ranking_log_probs(t.to(dtype)), ranking_log_probs(x)).sum().backward()
+        grads.append(x.grad.double())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_subset_max_logsumexp():
+    torch.manual_seed(9)
+    s = torch.randn(3, 5, dtype=F64) * 1e4
+    m, lse = subset_max_logsumexp(s)
+    assert m.shape == lse.shape == (3, 32)
+    assert torch.isneginf(m[:, 0]).all() and torch.isneginf(lse[:, 0]).all()
+    for mask in range(1, 32):
+        members = [i for i in range(5) if mask >> i & 1]
+        torch.testing.assert_close(m[:, mask], s[:, members].max(dim=-1).values)
+        torch.testing.assert_close(m[:, mask] + lse[:, mask], torch.logsumexp(s[:, members], -1))
+        assert (lse[:, mask] >= 0).all() and (lse[:, mask] <= math.log(len(members)) + 1e-12).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -313,7 +363,7 @@ def test_group():
 def test_cached_tables_built_in_inference_mode_work_under_autograd():
     # Lightning's test loop runs in inference mode; tables cached there must serve training
     _dp_layers.cache_clear()
-    _suffix_mask_levels.cache_clear()
+    _edge_levels.cache_clear()
     s, t = torch.randn(2, 5, requires_grad=True), torch.randn(2, 5)
     with torch.inference_mode():
         pl_kl(t, s.detach())

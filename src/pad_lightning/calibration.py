@@ -13,11 +13,16 @@ Modes:
   With `debias` it is asked n times with the options rotated cyclically, so every response sits
   in every position exactly once, and averaged (n questions of n options: about the tokens of the
   paper's C(n, 2) pairs at n = 8, half those of debiased pairwise).
+
+In every mode, questions whose options are all the same text are not asked (the answer is
+uniform by symmetry), and p_sel is formed in log space from the option log-probabilities, so the
+losing side of a confident judge keeps its probability (2e-9, not 1 - 1 = 0 in float32).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import string
 
 import torch
@@ -29,6 +34,9 @@ from .rewards import logits_at, pad_pairs, token_budget_chunks
 DEFAULT_TEMPLATE = "Q: {question}\n{options}\nBest:"
 LETTERS = string.ascii_uppercase
 MODES = ("pairwise", "listwise")
+LOG_P_FLOOR = math.log(torch.finfo(torch.float32).tiny)
+"""log p_sel is clamped here (about -87.3) only so that a letter of probability exactly 0 (a -inf
+logit) gives a finite score; any judge probability a float32 represents is kept as is."""
 
 
 def mcq_prompt(question: str, responses: list[str], template: str = DEFAULT_TEMPLATE) -> str:
@@ -96,22 +104,50 @@ def pairwise_questions(n: int, debias: bool) -> list[tuple[int, int]]:
 
 
 def win_matrix(
-    p_first: torch.Tensor, questions: list[tuple[int, int]], n: int, debias: bool
+    p_first: torch.Tensor,
+    questions: list[tuple[int, int]],
+    n: int,
+    debias: bool,
+    p_second: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """W[..., i, j] = P(y_i preferred over y_j) from P(first option chosen), [..., Q] -> [..., n, n].
 
-    Debiased: W[i, j] = (p_A(i, j) + p_B(j, i)) / 2, each order asked once. The diagonal is 0.
+    `p_second` is P(second option chosen) (default 1 - p_first, which rounds a tiny probability
+    to 0 in float32: pass it, or use :func:`log_win_matrix`). Debiased: W[i, j] = (p_A(i, j) +
+    p_B(j, i)) / 2, each order asked once. The diagonal is 0.
     """
+    p_second = 1 - p_first if p_second is None else p_second
     first = torch.tensor([i for i, _ in questions])
     second = torch.tensor([j for _, j in questions])
     w = p_first.new_zeros((*p_first.shape[:-1], n, n))
     if debias:
         w[..., first, second] += p_first / 2
-        w[..., second, first] += (1 - p_first) / 2
+        w[..., second, first] += p_second / 2
     else:
         w[..., first, second] = p_first
-        w[..., second, first] = 1 - p_first
+        w[..., second, first] = p_second
     return w
+
+
+def log_win_matrix(
+    option_logp: torch.Tensor, questions: list[tuple[int, int]], n: int, debias: bool
+) -> torch.Tensor:
+    """log W[..., i, j] from the option log-probabilities [..., Q, 2]: [..., n, n].
+
+    Both sides come from the log-softmax over the two letters (never 1 - p), so a confident
+    judge's losing side keeps its value (log 2e-9 = -20, not log 0). Debiased: log of
+    (p_A(i, j) + p_B(j, i)) / 2. The diagonal is -inf.
+    """
+    first = torch.tensor([i for i, _ in questions])
+    second = torch.tensor([j for _, j in questions])
+    shape = (*option_logp.shape[:-2], n, n)
+    from_a = option_logp.new_full(shape, float("-inf"))  # W[i, j] as the first option of (i, j)
+    from_b = option_logp.new_full(shape, float("-inf"))  # W[j, i] as the second option of (i, j)
+    from_a[..., first, second] = option_logp[..., 0]
+    from_b[..., second, first] = option_logp[..., 1]
+    if not debias:
+        return torch.maximum(from_a, from_b)  # each ordered pair is filled by one of them
+    return torch.logaddexp(from_a, from_b) - math.log(2)
 
 
 def listwise_orders(n: int, debias: bool) -> list[tuple[int, ...]]:
@@ -128,20 +164,24 @@ def questions_for(mode: str, n: int, debias: bool) -> list[tuple[int, ...]]:
     raise ValueError(f"unknown calibration mode {mode!r}; valid: {', '.join(MODES)}")
 
 
-def selection_probs(
-    option_probs: torch.Tensor, orders: list[tuple[int, ...]], mode: str, n: int, debias: bool
+def log_selection(
+    option_logp: torch.Tensor, orders: list[tuple[int, ...]], mode: str, n: int, debias: bool
 ) -> torch.Tensor:
-    """p_sel [..., n] from the option probabilities [..., Q, k] of the questions `orders`.
+    """log p_sel [..., n] from the option log-probabilities [..., Q, k] of the questions `orders`.
 
-    Pairwise: mean win probability over the n - 1 others (win matrix from p(first option)).
-    Listwise: each response's probability averaged over the orders that list it.
+    Pairwise: log of the mean win probability over the n - 1 others (:func:`log_win_matrix`).
+    Listwise: log of each response's probability averaged over the orders that list it. All in
+    log space (log-sum-exp of the option log-probabilities), so tiny probabilities keep their
+    precision.
     """
     if mode == "pairwise":
-        return win_matrix(option_probs[..., 0], orders, n, debias).sum(-1) / (n - 1)
-    index = torch.tensor(orders)  # [Q, n]: response shown as option k of question q
-    p_sel = option_probs.new_zeros((*option_probs.shape[:-2], n))
-    p_sel.index_add_(-1, index.reshape(-1), option_probs.flatten(-2))
-    return p_sel / len(orders)
+        log_w = log_win_matrix(option_logp, orders, n, debias)
+        return torch.logsumexp(log_w, dim=-1) - math.log(n - 1)
+    # position of response i in question q: inverse of each order
+    position = torch.tensor(orders).argsort(dim=-1)  # [Q, n]
+    index = position.expand(*option_logp.shape[:-2], *position.shape)
+    per_order = option_logp.gather(-1, index)  # [..., Q, n]: log p(response i's letter in q)
+    return torch.logsumexp(per_order, dim=-2) - math.log(len(orders))
 
 
 def selection_log_probs(
@@ -158,8 +198,10 @@ def selection_log_probs(
     """log p_sel of every response, [P, n], and the number of teacher tokens processed.
 
     All MCQs of all prompts go through the teacher in a few padded passes. Questions whose
-    options are all the same text are not asked: their answer is uniform by symmetry (exact
-    under debiasing, and free of the position bias it would otherwise measure).
+    options are all the same text are not asked, with or without `debias`: their answer is
+    uniform by symmetry (exact under debiasing, and free of the position bias it would otherwise
+    measure). p_sel is formed in log space from the option log-probabilities (log-sum-exp), so a
+    confident judge's small probabilities keep full float32 precision.
     """
     n = len(responses[0])
     orders = questions_for(mode, n, debias)
@@ -168,13 +210,13 @@ def selection_log_probs(
     for p, (question, group) in enumerate(zip(questions, responses, strict=True)):
         for q, order in enumerate(orders):
             options = [group[i] for i in order]
-            if debias and len(set(options)) == 1:
-                continue
+            if len(set(options)) == 1:
+                continue  # uniform by symmetry, with or without debiasing
             text = prompt_text(tokenizer, mcq_prompt(question, options, template))
             first_text = first_text or text
             encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
             index.append((p, q))
-    option_probs = torch.full((len(questions), len(orders), k), 1.0 / k)
+    option_logp = torch.full((len(questions), len(orders), k), -math.log(k))
     if encoded:
         logp = option_log_probs(
             model,
@@ -185,9 +227,9 @@ def selection_log_probs(
             autocast_dtype,
         )
         rows, cols = zip(*index, strict=True)
-        option_probs[list(rows), list(cols)] = logp.exp()
-    p_sel = selection_probs(option_probs, orders, mode, n, debias)
-    return p_sel.clamp_min(1e-12).log(), sum(len(e) for e in encoded)
+        option_logp[list(rows), list(cols)] = logp
+    log_p_sel = log_selection(option_logp, orders, mode, n, debias)
+    return log_p_sel.clamp_min(LOG_P_FLOOR), sum(len(e) for e in encoded)
 
 
 def mix(teacher_rewards: torch.Tensor, log_p_sel: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -8,6 +8,11 @@ turn by turn, each turn conditioned on the conversation so far (earlier answers 
 
     python -m pad_lightning.generate --model outputs/2026-11-27/01-56-15/student \\
         --format mt_bench --questions question.jsonl --out model_answer/pad-student.jsonl
+
+Bad input stops it with one line, `generate error: <flag> <value>: <problem>`, before any model
+loads where possible: a missing or malformed question file, an existing --out (pass
+--overwrite to replace it), --out naming the question file itself (refused even with
+--overwrite), a model folder without weights, tokenizer or chat template, an unknown run id.
 """
 
 from __future__ import annotations
@@ -524,7 +529,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
     p.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")
     p.add_argument("--questions", required=True, type=Path, help="question file (JSON or JSONL)")
-    p.add_argument("--out", required=True, type=Path, help="answer file to write")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="answer file to write (an existing file only with --overwrite; never --questions)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (default: refuse)"
+    )
     p.add_argument("--model-id", help="model name written into the file (default: folder name)")
     p.add_argument("--max-new-tokens", type=_positive("int"), default=1024)
     p.add_argument("--batch-size", type=_positive("int"), default=16, help="questions per call")
@@ -550,7 +563,26 @@ def default_model_id(path: Path, run_id: str | None) -> str:
     return f"{path.parent.name}-student" if path.name == "student" else path.name
 
 
-def _check_out(out: Path) -> None:
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links included); by resolved path if one is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _check_out(out: Path, questions: Path | None = None, overwrite: bool = False) -> None:
+    """Refuse an --out that is the question file, an existing file (unless `overwrite`), a
+    folder, or not writable. Runs before any model loads."""
+    if questions is not None and _same_file(out, questions):
+        raise ExportError(
+            f"--out {out}: is the question file (--questions {questions}); "
+            "write the answers to another file"
+        )
+    if out.exists() and not out.is_dir() and not overwrite:
+        raise ExportError(
+            f"--out {out}: already exists; pass --overwrite to replace it, or choose another --out"
+        )
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -563,7 +595,7 @@ def _check_out(out: Path) -> None:
 def export(args: argparse.Namespace) -> str:
     """Run one export; returns the summary line. Raises ExportError on bad input."""
     questions = load_questions(args.questions, args.fmt, args.limit)
-    _check_out(args.out)
+    _check_out(args.out, args.questions, args.overwrite)
     model_id = args.model_id
     if model_id is not None and not model_id.strip():
         raise ExportError("--model-id: must be a non-empty name")

@@ -2,7 +2,8 @@
 
 Every loss has the signature ``fn(student_scores [B, n], teacher_scores [B, n]) -> [B]``: scores
 are already ``beta * reward``; the teacher side is detached; the result is one loss per prompt
-(average it over prompts yourself).
+(average it over prompts yourself). Non-finite scores (NaN, +-inf) on either side raise
+:class:`NonFiniteScoresError` instead of becoming a NaN loss or a silently wrong ranking.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "DIVERGENCES",
     "LOSSES",
     "LossFn",
+    "NonFiniteScoresError",
     "decomposed",
     "loss_function",
     "max_group_size",
@@ -38,11 +40,47 @@ __all__ = [
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
+class NonFiniteScoresError(ValueError):
+    """Student or teacher scores hold NaN or +-inf; the message is one line naming the side."""
+
+
+def _non_finite(side: str, scores: Tensor) -> str | None:
+    """``'<side> scores: k of N are not finite (nan, +inf)'``, or None if all are finite."""
+    scores = scores.detach()
+    finite = torch.isfinite(scores)
+    if bool(finite.all()):
+        return None
+    kinds = [
+        name
+        for name, hit in (
+            ("nan", torch.isnan(scores)),
+            ("+inf", torch.isposinf(scores)),
+            ("-inf", torch.isneginf(scores)),
+        )
+        if bool(hit.any())
+    ]
+    bad = int((~finite).sum())
+    return f"{side} scores: {bad} of {scores.numel()} are not finite ({', '.join(kinds)})"
+
+
 def _check_pair(student_scores: Tensor, teacher_scores: Tensor) -> None:
     if student_scores.dim() != 2 or student_scores.shape != teacher_scores.shape:
         raise ValueError(
             "student and teacher scores must both be [B, n], got "
             f"{tuple(student_scores.shape)} and {tuple(teacher_scores.shape)}"
+        )
+    both = torch.stack([torch.isfinite(student_scores).all(), torch.isfinite(teacher_scores).all()])
+    if bool(both.all()):  # one device sync for both sides
+        return
+    problems = [
+        p
+        for p in (_non_finite("student", student_scores), _non_finite("teacher", teacher_scores))
+        if p
+    ]
+    if problems:
+        raise NonFiniteScoresError(
+            "; ".join(problems) + "; a loss on them would be NaN or rank them arbitrarily "
+            "(look for a NaN/inf reward or log p_sel, or an overflowing beta)"
         )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import losses
-from .divergence import TrainingDiverged, describe, first_nonfinite, lr_hint
+from .divergence import TrainingDiverged, first_nonfinite, lr_hint
 from .evaluation import EvalConfig, evaluate
 from .interrupts import fault
 from .rewards import PaddedBatch, sequence_rewards
@@ -75,20 +75,21 @@ class PADModule(L.LightningModule):
         self, student_rewards: torch.Tensor, teacher_scores: torch.Tensor
     ) -> torch.Tensor:
         """Per-prompt loss [P] from student rewards and calibrated teacher scores, both [P, n]."""
-        return losses.decomposed(
-            self.loss_fn,
-            self.loss_cfg.beta_student * student_rewards,
-            self.loss_cfg.beta_teacher * teacher_scores,
-            self.loss_cfg.group_size,
-        )
+        try:
+            return losses.decomposed(
+                self.loss_fn,
+                self.loss_cfg.beta_student * student_rewards,
+                self.loss_cfg.beta_teacher * teacher_scores,
+                self.loss_cfg.group_size,
+            )
+        except losses.NonFiniteScoresError as err:
+            self._diverged(str(err))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         fault("step")
         scores = batch["teacher_scores"]
         padded = PaddedBatch(batch["input_ids"], batch["attention_mask"], batch["score_mask"])
         rewards = sequence_rewards(self.student, padded).view(scores.shape)
-        if not bool(torch.isfinite(rewards).all()):
-            self._diverged(f"student rewards: {describe(rewards)}")
         loss = self.loss_from_scores(rewards.float(), scores).mean()
         if not bool(torch.isfinite(loss)):
             self._diverged(f"loss is {float(loss)}")

@@ -10,9 +10,9 @@ half precision are computed (and returned) in float32; float64 stays float64.
 
 Two families of algorithms:
 
-* exact enumeration of all ``n!`` rankings (``ranking_log_probs``), built from a table of subset
-  log-sum-exps and a prefix tree over the rankings, ``O(B * n!)`` time and memory; used for the
-  JSD-based PPD loss (``n <= MAX_EXACT_N``);
+* exact enumeration of all ``n!`` rankings (``ranking_log_probs``), built from a table of the
+  per-position factors ``log p(i first among R)`` over the subsets ``R`` and a prefix tree over the
+  rankings, ``O(B * n!)`` time and memory; used for the JSD-based PPD loss (``n <= MAX_EXACT_N``);
 * dynamic programmes over the ``2**n`` subsets of already-placed items (``pl_kl``,
   ``ranking_entropy``), ``O(B * n * 2**n)``, which never enumerate rankings and work to n ~ 16.
 """
@@ -38,6 +38,7 @@ __all__ = [
     "ranking_entropy",
     "ranking_log_probs",
     "subset_logsumexp",
+    "subset_max_logsumexp",
 ]
 
 MAX_EXACT_N = 10
@@ -142,18 +143,26 @@ def permutations(n: int, device: torch.device | str | None = None) -> Tensor:
 
 @lru_cache(maxsize=32)
 @_normal_tensors
-def _suffix_mask_levels(n: int, device: torch.device) -> tuple[Tensor, ...]:
-    """Per prefix length k = 0..n-1, the bitmask of the items NOT yet placed, one per prefix.
+def _edge_levels(n: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Per placement step k = 0..n-2, one entry per ranking prefix of length k + 1 (lexicographic
+    order): the index ``R * n + i`` of its last step in a ``[2**n, n]`` table, where ``R`` is the
+    bitmask of the items not placed before step k and ``i`` the item placed at step k.
 
-    Level k has ``n! / (n-k)!`` entries (one per distinct prefix, lexicographic order); the
-    children of prefix ``p`` at level k-1 are entries ``p*(n-k+1) ... p*(n-k+1) + n-k`` of level k.
+    The children of prefix ``p`` of length k are entries ``p*(n-k) ... p*(n-k) + n-k-1`` of step
+    k. The last step (one item left, probability 1) is omitted.
     """
     full = (1 << n) - 1
+    item_of_bit = torch.zeros(1 << n, dtype=torch.long)
+    item_of_bit[1 << torch.arange(n)] = torch.arange(n)
     levels = []
+    parent = None
     for k, (_, masks) in enumerate(_expand_prefixes(n, keep_items=False)):
         if k == n:
             break
-        levels.append((full ^ masks).to(device))
+        if parent is not None:
+            before = parent.repeat_interleave(masks.numel() // parent.numel())
+            levels.append(((full ^ before) * n + item_of_bit[masks ^ before]).to(device))
+        parent = masks
     return tuple(levels)
 
 
@@ -177,13 +186,38 @@ def subset_logsumexp(scores: Tensor) -> Tensor:
     return table
 
 
+def subset_max_logsumexp(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Every subset's maximum and log-sum-exp relative to it: ``(M, L)``, each ``[B, 2**n]``.
+
+    ``M[:, mask] = max_{i in mask} s_i`` (detached: exact input values) and ``L[:, mask] =
+    log sum_{i in mask} exp(s_i - M)`` in ``[0, log n]``, so ``M + L`` is the subset's log-sum-exp
+    without the rounding of a large sum: ``s_i - M`` is a difference of inputs, exact when it
+    matters (close scores), and ``L`` is small. The empty set is ``(-inf, -inf)``. Built by
+    bit-doubling like :func:`subset_logsumexp`; only ``L`` carries gradients.
+    """
+    _check_scores(scores)
+    s = _as_float(scores)
+    sd = s.detach()
+    m = sd.new_full((s.shape[0], 1), float("-inf"))
+    lse = s.new_full((s.shape[0], 1), float("-inf"))
+    for j in range(s.shape[1]):
+        # subsets whose highest item is j: (subsets of items < j) + {j}
+        m_new = torch.maximum(m, sd[:, j : j + 1])
+        l_new = torch.logaddexp(lse + (m - m_new), s[:, j : j + 1] - m_new)
+        m, lse = torch.cat([m, m_new], dim=1), torch.cat([lse, l_new], dim=1)
+    return m, lse
+
+
 def ranking_log_probs(scores: Tensor) -> Tensor:
     """Exact Plackett-Luce log-probabilities of all ``n!`` rankings: ``[B, n!]``.
 
-    Columns follow :func:`permutations` order. Uses ``log P(tau) = sum_i s_i - sum_k
-    LSE(items not placed before step k)``; the second sum is accumulated down the prefix tree of
-    the rankings, so the work is ``~e * n!`` table look-ups per row (not ``n * n!``) and the peak
-    memory ``O(B * n!)``. Raises ``ValueError`` if ``n > MAX_EXACT_N``.
+    Columns follow :func:`permutations` order. Uses the per-position form ``log P(tau) =
+    sum_k [s_tau(k) - LSE(items not placed before step k)]``: each factor is read from a
+    ``[2**n, n]`` table of ``s_i - M(R) - L(R)`` (see :func:`subset_max_logsumexp`), so a
+    probable ranking's factors stay exact to float rounding of numbers of order 1 however large
+    the scores (a float32 law sums to 1 within ~1e-6 at |s| ~ 1e4), and the factors are summed
+    down the prefix tree of the rankings: ``n - 1`` table look-ups per ranking and row, peak memory
+    ``O(B * n!)``. Raises ``ValueError`` if ``n > MAX_EXACT_N``.
     """
     _check_scores(scores)
     b, n = scores.shape
@@ -193,32 +227,35 @@ def ranking_log_probs(scores: Tensor) -> Tensor:
             f"{MAX_EXACT_N}, got n = {n}; decompose into smaller groups (see group())"
         )
     s = _as_float(scores)
-    s = s - s.max(dim=-1, keepdim=True).values.detach()  # PL is shift invariant
-    table = subset_logsumexp(s)  # [B, 2**n]
-    levels = _suffix_mask_levels(n, _device_key(s.device))
-    return _RankingLogProbs.apply(table, s.sum(dim=-1, keepdim=True), levels)
+    if n == 1:
+        return s - s  # one ranking, probability 1 (kept in the graph)
+    m, lse = subset_max_logsumexp(s)  # [B, 2**n] each
+    # factor[b, R, i] = log p(i first among R) = s_i - M(R) - L(R); entries with i not in R unused
+    factor = (s.unsqueeze(1) - m.unsqueeze(2)) - lse.unsqueeze(2)
+    levels = _edge_levels(n, _device_key(s.device))
+    return _PrefixTreeSum.apply(factor.reshape(b, -1), levels)
 
 
-class _RankingLogProbs(torch.autograd.Function):
-    """``out[b, tau] = s_sum[b] - sum_k table[b, suffix_k(tau)]`` down the ranking prefix tree.
+class _PrefixTreeSum(torch.autograd.Function):
+    """``out[b, tau] = sum_k values[b, edge_k(tau)]`` accumulated down the ranking prefix tree.
 
-    A hand-written backward (scatter-add per tree level, children summed by a mat-vec) with
-    in-place forward accumulation keeps the number of ``[B, n!]`` temporaries to a minimum:
-    on CPU each fresh large tensor costs page faults comparable to the arithmetic itself.
+    ``levels[k]`` indexes ``values`` for every prefix of length k + 1; the children of a prefix
+    are contiguous. A hand-written backward (scatter-add per tree level, children summed by a
+    mat-vec) with in-place forward accumulation keeps the number of ``[B, n!]`` temporaries to a
+    minimum: on CPU each fresh large tensor costs page faults comparable to the arithmetic.
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, s_sum: Tensor, levels: tuple[Tensor, ...]) -> Tensor:
-        b = table.shape[0]
-        acc = table.index_select(1, levels[0])  # [B, 1]: LSE of all items
+    def forward(ctx, values: Tensor, levels: tuple[Tensor, ...]) -> Tensor:
+        b = values.shape[0]
+        acc = values.index_select(1, levels[0])  # [B, n]: the first step
         for k in range(1, len(levels)):
-            step = table.index_select(1, levels[k])
+            step = values.index_select(1, levels[k])
             step.view(b, acc.shape[1], -1).add_(acc.unsqueeze(-1))
             acc = step
-        out = acc.neg_().add_(s_sum)
         ctx.levels = levels
-        ctx.table_shape = table.shape
-        return out
+        ctx.values_shape = values.shape
+        return acc
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -226,16 +263,15 @@ class _RankingLogProbs(torch.autograd.Function):
         levels = ctx.levels
         grad = grad.contiguous()
         b = grad.shape[0]
-        g_table = grad.new_zeros(ctx.table_shape)
+        g_values = grad.new_zeros(ctx.values_shape)
         g_level = grad
         for k in range(len(levels) - 1, -1, -1):
-            g_table.index_add_(1, levels[k], g_level)
-            if k > 0:  # sum the gradient of each prefix's children (contiguous, fan n-k+1)
+            g_values.index_add_(1, levels[k], g_level)
+            if k > 0:  # sum the gradient of each prefix's children (contiguous)
                 fan = g_level.shape[1] // levels[k - 1].numel()
                 ones = grad.new_ones(fan)
                 g_level = (g_level.view(-1, fan) @ ones).view(b, -1)
-        g_table.neg_()
-        return g_table, grad.sum(dim=-1, keepdim=True), None
+        return g_values, None
 
 
 def plackett_luce_log_prob(scores: Tensor, rankings: Tensor) -> Tensor:
