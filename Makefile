@@ -31,6 +31,7 @@ lint: setup ## ruff check and format check
 
 bench: setup ## Benchmarks: preference math, teacher scoring, calibration (ratios vs references run alongside)
 	$(OFFLINE) $(PY) experiments/bench_preference.py
+	$(OFFLINE) $(PY) experiments/bench_ranking_precision.py
 	$(OFFLINE) $(PY) experiments/bench_scoring.py
 	$(OFFLINE) $(PY) experiments/bench_calibration.py
 

@@ -103,6 +103,11 @@ def _one_line_config_errors() -> None:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
                 sys.exit(f"config error: {hydra_message(err)}")
+            except OSError as err:  # Hydra creating the run directory or writing .hydra/ there
+                sys.exit(
+                    f"config error: hydra.run.dir: cannot write {err.filename} ({err.strerror}); "
+                    "run from a writable directory or set hydra.run.dir"
+                )
 
         return original(guarded)
 

@@ -1,0 +1,189 @@
+"""Unit tests of a run's lifecycle pieces: run directories, tracking URI and status, held metrics,
+checkpoint choice on resume, resume overrides, typed config checks, fault injection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pad_lightning.checkpointing import CheckpointError, pick_resume_checkpoint
+from pad_lightning.resume import RunFinished, resumed_config
+from pad_lightning.run import hydra_message, unique_dir
+from pad_lightning.tracking import RunLogger, absolute_tracking_uri, tracking_problem
+from pad_lightning.validation import ConfigError, number
+
+
+def test_unique_dir_never_reuses_a_directory(tmp_path, monkeypatch):
+    from pad_lightning import run as entry
+
+    monkeypatch.setattr(entry, "_unique", {})
+    first = unique_dir(str(tmp_path / "out" / "11-42-19"))
+    assert unique_dir(str(tmp_path / "out" / "11-42-19")) == first  # same process: same answer
+    entry._unique.clear()  # another process, the same second
+    second = unique_dir(str(tmp_path / "out" / "11-42-19"))
+    assert Path(first).name == "11-42-19" and Path(second).name == "11-42-19-2"
+    assert Path(first).is_dir() and Path(second).is_dir()
+
+
+def test_tracking_uri_made_absolute(tmp_path):
+    assert (
+        absolute_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    )
+    assert absolute_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
+    assert absolute_tracking_uri("runs", tmp_path) == str(tmp_path / "runs")
+    assert absolute_tracking_uri("http://host:5000", tmp_path) == "http://host:5000"
+
+
+def test_tracking_problem_names_the_file(tmp_path):
+    assert tracking_problem(f"sqlite:///{tmp_path}/mlflow.db") is None
+    assert "does not exist" in tracking_problem(f"sqlite:///{tmp_path}/no/mlflow.db")
+    assert tracking_problem("http://host:5000") is None
+
+
+def test_run_logger_holds_metrics_until_commit_and_sets_status(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = RunLogger(experiment_name="t", tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    logger.set_status("RUNNING")
+    assert client.get_run(logger.run_id).info.status == "RUNNING"
+    logger.hold_metrics = True
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    logger.log_metrics({"train/loss": 0.5}, step=1)
+    assert client.get_metric_history(logger.run_id, "train/loss") == []
+    logger.commit()
+    assert [m.step for m in client.get_metric_history(logger.run_id, "train/loss")] == [0, 1]
+    logger.log_metrics({"train/loss": 0.25}, step=2)
+    assert logger.discard() == 1
+    logger.commit()
+    assert len(client.get_metric_history(logger.run_id, "train/loss")) == 2
+    logger.finalize("success")  # Lightning's call after every trainer.test/fit: no status change
+    assert client.get_run(logger.run_id).info.status == "RUNNING"
+    logger.set_status("KILLED")
+    assert client.get_run(logger.run_id).info.status == "KILLED"
+
+
+def _checkpoints(tmp_path: Path, *epochs: int) -> Path:
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for epoch in epochs:
+        torch.save({"state_dict": {}, "epoch": epoch}, folder / f"epoch{epoch:04d}.ckpt")
+    (folder / "last.ckpt").symlink_to(f"epoch{epochs[-1]:04d}.ckpt")
+    return tmp_path / "run"
+
+
+def test_resume_checkpoint_falls_back_to_the_previous_readable_one(tmp_path):
+    run_dir = _checkpoints(tmp_path, 3, 4)
+    assert pick_resume_checkpoint(run_dir) == run_dir / "checkpoints" / "last.ckpt"
+    newest = run_dir / "checkpoints" / "epoch0004.ckpt"
+    newest.write_bytes(newest.read_bytes()[:50])
+    notes = []
+    assert pick_resume_checkpoint(run_dir, notes.append).name == "epoch0003.ckpt"
+    assert "unreadable" in notes[0]
+    (run_dir / "checkpoints" / "epoch0003.ckpt").write_bytes(b"\0" * 10)
+    with pytest.raises(CheckpointError, match="last.ckpt: cannot be read"):
+        pick_resume_checkpoint(run_dir)
+
+
+def test_resume_without_any_checkpoint(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="stopped before its first one"):
+        pick_resume_checkpoint(tmp_path / "run")
+
+
+def _run_dir(tmp_path: Path, status: str = "KILLED") -> Path:
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    saved = OmegaConf.create(
+        {
+            "n": 4,
+            "resume": None,
+            "output_dir": str(run_dir),
+            "loss": {"name": "ppd"},
+            "trainer": {"max_epochs": 10, "num_threads": None},
+            "logger": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "print_time_every": 10},
+        }
+    )
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    state = {"overrides": ["n=4"], "mlflow_run_id": "abc", "status": status}
+    (run_dir / "run_state.json").write_text(json.dumps(state))
+    return run_dir
+
+
+def test_resume_applies_safe_overrides_and_refuses_the_others(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    composed = OmegaConf.load(run_dir / "config.yaml")
+    composed.trainer.max_epochs = 20
+    composed.loss.name = "vpd"
+    cfg, state = resumed_config(run_dir, composed, [f"resume={run_dir}", "trainer.max_epochs=20"])
+    assert cfg.trainer.max_epochs == 20 and cfg.loss.name == "ppd" and cfg.resume == str(run_dir)
+    assert state["mlflow_run_id"] == "abc"
+    # repeating the run's own override, or a value equal to the saved one, is not a change
+    resumed_config(
+        run_dir, composed, ["n=4", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    )
+    with pytest.raises(ConfigError, match=r"cannot change loss=vpd, experiment=smoke"):
+        resumed_config(run_dir, composed, ["loss=vpd", "experiment=smoke"])
+
+
+def test_resume_of_a_finished_run_is_refused_without_change(tmp_path):
+    run_dir = _run_dir(tmp_path, status="FINISHED")
+    (run_dir / "summary.json").write_text("{}")
+    before = sorted(os.listdir(run_dir))
+    with pytest.raises(RunFinished, match="is finished"):
+        resumed_config(run_dir, OmegaConf.load(run_dir / "config.yaml"), [])
+    assert sorted(os.listdir(run_dir)) == before
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "ok"),
+    [
+        (0.5, {"low": 0, "high": 1}, True),
+        ("abc", {"low": 0, "low_open": True}, False),
+        (True, {"integer": True, "low": 2}, False),
+        (1.5, {"integer": True, "low": 0}, False),
+        (None, {"null": True, "low": 1}, True),
+        (0, {"low": 0, "low_open": True}, False),
+        (1.0, {"low": 0, "high": 1, "high_open": True}, False),
+    ],
+)
+def test_number_checks_type_and_range(value, kwargs, ok):
+    if ok:
+        number(value, "k", **kwargs)
+    else:
+        with pytest.raises(ConfigError) as err:
+            number(value, "k", **kwargs)
+        assert str(err.value).startswith(f"k={value!r}: must be ") and "\n" not in str(err.value)
+
+
+def test_hydra_messages_become_one_line():
+    from hydra.errors import MissingConfigException
+
+    err = MissingConfigException(
+        "In 'config': Could not find 'loss/foo'\n\nAvailable options in 'loss':\n\tppd\n\tvpd\n"
+        "Config search path:\n\tprovider=hydra, path=pkg://hydra.conf",
+        missing_cfg_file="loss/foo",
+    )
+    assert hydra_message(err) == "In 'config': Could not find 'loss/foo'; valid: ppd, vpd"
+
+
+def test_fault_point_kills_at_the_kth_hit(tmp_path):
+    script = (
+        "from pad_lightning.interrupts import fault\n"
+        "for i in range(5):\n"
+        "    print(i, flush=True)\n"
+        "    fault('step')\n"
+    )
+    env = dict(os.environ, PAD_LIGHTNING_FAULT="step:3")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == -9 and proc.stdout.split() == ["0", "1", "2"]
+    env["PAD_LIGHTNING_FAULT"] = "rollout:1"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and len(proc.stdout.split()) == 5
