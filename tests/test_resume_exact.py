@@ -109,5 +109,8 @@ def test_killed_anywhere_resumes_to_the_uninterrupted_result(world, reference, f
         assert metrics[key] == points, key  # every step once, the same values
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed"] is True
-    assert sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))[-1].name == f"epoch{EPOCHS - 1:04d}.ckpt"
+    assert (
+        sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))[-1].name
+        == f"epoch{EPOCHS - 1:04d}.ckpt"
+    )
     assert not list((run_dir / "checkpoints").glob("*.partial")) or fault.startswith("checkpoint")
