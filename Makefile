@@ -23,7 +23,7 @@ run: setup ## Run the default PAD experiment (toy world, offline, CPU); extra ov
 	$(OFFLINE) $(PY) -m pad_lightning.run $(ARGS)
 
 test: setup ## Run the test suite (offline; slow end-to-end tests included)
-	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: setup ## ruff check and format check
 	$(VENV)/bin/ruff check src tests experiments

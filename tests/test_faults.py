@@ -194,7 +194,7 @@ def test_config_value(main_in_process, world, override, key):
 
 def test_one_line_on_real_stderr(world, baseline):
     """What a user sees: exactly one line on stderr, exit status 1, for a sample of cases."""
-    for override in ("rollout.temperature=abc", "loss=foo", "trainer.optim.min_lr_ratio=1.5"):
+    for override in ("rollout.temperature=abc", "loss=foo"):
         proc = launch(world, override)
         assert proc.returncode == 1
         assert one_line(proc.stderr).startswith("config error: ")
@@ -391,14 +391,7 @@ def test_random_bytes_newest_checkpoint_falls_back_to_the_previous(world, stoppe
     newest = sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))[-1]
     newest.write_bytes(os.urandom(newest.stat().st_size))
     # the copy continues the MLflow run of `stopped_run` (no other test resumes that one)
-    proc = subprocess.run(
-        cmd(world, f"resume={run_dir}", "logger.print_time_every=0"),
-        cwd=world,
-        env=subprocess_env(world),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = launch(world, f"resume={run_dir}", "logger.print_time_every=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resume: {run_dir}/checkpoints/last.ckpt is unreadable" in proc.stdout
     assert "resuming from epoch0001.ckpt" in proc.stdout
@@ -434,7 +427,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path) -> None:
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_stopped_by_signal_is_killed_exits_nonzero_and_resumes_every_step_once(world, sig, code):
     run_dir = world / f"signal-{sig.name}"
-    proc = _start(world, run_dir, "trainer.max_epochs=12")
+    proc = _start(world, run_dir, "trainer.max_epochs=6")
     _wait_for_checkpoint(proc, run_dir)
     os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
@@ -443,12 +436,12 @@ def test_stopped_by_signal_is_killed_exits_nonzero_and_resumes_every_step_once(w
     run_id = run_id_of(run_dir)
     assert client(world).get_run(run_id).info.status == "KILLED"
     # resume, and train one epoch more than planned (a safe override)
-    resumed = launch(world, f"resume={run_dir}", "trainer.max_epochs=13")
+    resumed = launch(world, f"resume={run_dir}", "trainer.max_epochs=7")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert client(world).get_run(run_id).info.status == "FINISHED"
     steps = _all_values(world, run_id, "train/loss")  # every logged value, not distinct steps
-    assert sorted(steps) == list(range(13 * 2))
-    assert len(_all_values(world, run_id, "rollout/response_length")) == 13
+    assert sorted(steps) == list(range(7 * 2))
+    assert len(_all_values(world, run_id, "rollout/response_length")) == 7
 
 
 # -- concurrent runs --------------------------------------------------------------------------------

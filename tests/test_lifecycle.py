@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -187,3 +188,35 @@ def test_fault_point_kills_at_the_kth_hit(tmp_path):
     env["PAD_LIGHTNING_FAULT"] = "rollout:1"
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert proc.returncode == 0 and len(proc.stdout.split()) == 5
+
+
+def test_carried_metrics_are_written_once(tmp_path):
+    """A kill between writing a checkpoint and committing its metrics: the checkpoint carries
+    them, and the resumed run writes them unless the commit tag says they were written."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = RunLogger(experiment_name="t", tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    logger.hold_metrics = True
+    logger.log_metrics({"train/loss": 1.0, "epoch": 0}, step=0)
+    time.sleep(0.01)
+    logger.log_metrics({"epoch": 0}, step=0)  # a key logged twice at one step stays twice
+    carried = logger.held()
+    assert logger.commit_carried(carried, commit_id=2)  # the stopped process never committed
+    assert not logger.commit_carried(carried, commit_id=2)  # already written: nothing again
+    assert len(client.get_metric_history(logger.run_id, "epoch")) == 2
+    logger.log_metrics({"train/loss": 0.5}, step=2)
+    logger.commit(commit_id=4)  # a normal commit also records its checkpoint
+    assert not logger.commit_carried(logger.held(), commit_id=4)
+    assert client.get_run(logger.run_id).data.tags["pad_lightning.committed_step"] == "4"
+    assert [m.step for m in client.get_metric_history(logger.run_id, "train/loss")] == [0, 2]
+
+
+def test_resume_prefers_a_newer_checkpoint_than_the_link(tmp_path):
+    """A stop after a checkpoint was renamed into place but before last.ckpt was relinked."""
+    run_dir = _checkpoints(tmp_path, 3, 4)
+    link = run_dir / "checkpoints" / "last.ckpt"
+    link.unlink()
+    link.symlink_to("epoch0003.ckpt")
+    assert pick_resume_checkpoint(run_dir, lambda _: None).name == "epoch0004.ckpt"
+    link.unlink()  # stopped between removing the old link and making the new one
+    assert pick_resume_checkpoint(run_dir, lambda _: None).name == "epoch0004.ckpt"

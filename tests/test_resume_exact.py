@@ -2,7 +2,8 @@
 
 A run is killed with SIGKILL at exact places (`PAD_LIGHTNING_FAULT=<point>:<k>`, see
 `pad_lightning.interrupts`): during a rollout, during an optimizer step, while a checkpoint is
-being written, and before the final evaluation. Each is resumed, and the finished MLflow run must
+being written, after a checkpoint is written but before its metrics are committed to MLflow, and
+before the final evaluation. Each is resumed, and the finished MLflow run must
 hold exactly the metric histories of an uninterrupted run with the same seed: every step once,
 every value equal (timings, throughput and memory excepted).
 """
@@ -89,8 +90,14 @@ def test_same_seed_twice_gives_identical_metrics(world, reference):
 
 @pytest.mark.parametrize(
     "fault",
-    ["rollout:3", "step:4", "checkpoint_write:2", "final_eval:1"],
-    ids=["during-rollout", "during-step", "during-checkpoint-write", "during-final-eval"],
+    ["rollout:3", "step:4", "checkpoint_write:2", "checkpoint_saved:2", "final_eval:1"],
+    ids=[
+        "during-rollout",
+        "during-step",
+        "during-checkpoint-write",
+        "before-metrics-commit",
+        "during-final-eval",
+    ],
 )
 def test_killed_anywhere_resumes_to_the_uninterrupted_result(world, reference, fault):
     run_dir = world / fault.replace(":", "-")

@@ -23,6 +23,13 @@ from .divergence import TrainingDiverged, first_nonfinite, lr_hint
 from .interrupts import fault
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small text file so that a crash leaves the old or the new file, never a part."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 class CheckpointError(ValueError):
     """An unreadable checkpoint; the message is one line naming the file."""
 
@@ -54,6 +61,26 @@ class RollingCheckpoint(ModelCheckpoint):
             save_on_train_epoch_end=True,
         )
         self.keep, self.run_logger = keep, run_logger
+        self._commit_id = 0  # the global step of the checkpoint being written
+        self._carried: tuple[list, int] | None = None
+
+    def state_dict(self) -> dict:
+        """Also the metrics held since the previous checkpoint (see `tracking.RunLogger`)."""
+        state = super().state_dict()
+        state["held_metrics"] = self.run_logger.held() if self.run_logger is not None else []
+        state["commit_id"] = self._commit_id
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "held_metrics" in state_dict:
+            self._carried = (state_dict["held_metrics"], state_dict["commit_id"])
+        super().load_state_dict(state_dict)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Resumed: write the metrics the checkpoint carried, unless they were committed."""
+        if self._carried is not None and self.run_logger is not None:
+            self.run_logger.commit_carried(*self._carried)
+        self._carried = None
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         module = trainer.lightning_module
@@ -65,6 +92,7 @@ class RollingCheckpoint(ModelCheckpoint):
                 f"step; the checkpoint was not written (last good: {kept}); "
                 f"{lr_hint(module.optim_cfg.lr)}"
             )
+        self._commit_id = trainer.global_step
         super()._save_checkpoint(trainer, filepath)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -78,10 +106,11 @@ class RollingCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
         if self._last_checkpoint_saved != before:
+            fault("checkpoint_saved")  # tests: written and linked, its metrics not yet committed
             if trainer.is_global_zero:
                 self._prune()
             if self.run_logger is not None:
-                self.run_logger.commit()
+                self.run_logger.commit(self._commit_id)
 
     def _prune(self) -> None:
         files = sorted(Path(self.dirpath).glob("epoch*.ckpt"))
@@ -102,23 +131,28 @@ def _readable(path: Path) -> str | None:
 
 
 def pick_resume_checkpoint(run_dir: Path, log=print) -> Path:
-    """The checkpoint to resume `run_dir` from: `last.ckpt`, or if it cannot be read, the
-    newest readable epoch checkpoint (with a printed note). Raises CheckpointError otherwise."""
+    """The checkpoint to resume `run_dir` from: `last.ckpt`, or if it cannot be read (or a stop
+    came between writing a checkpoint and linking it), the newest readable epoch checkpoint,
+    with a printed note. Raises CheckpointError otherwise."""
     folder = run_dir / "checkpoints"
     last = folder / "last.ckpt"
-    if not last.exists() and not last.is_symlink():
+    epochs = sorted(folder.glob("epoch*.ckpt"), reverse=True)
+    if not last.exists() and not last.is_symlink() and not epochs:
         raise CheckpointError(
             f"{last}: no checkpoint to resume from (the run stopped before its first one); "
             "start a new run"
         )
-    problem = _readable(last) if last.exists() else "dangling link"
-    if problem is None:
+    problem = _readable(last) if last.exists() else "missing or a dangling link"
+    if problem is None and (not epochs or last.resolve() == epochs[0].resolve()):
         return last
-    target = last.resolve()
-    for candidate in sorted(folder.glob("epoch*.ckpt"), reverse=True):
+    target = last.resolve() if last.exists() else None
+    for candidate in epochs:
         if candidate.resolve() != target and _readable(candidate) is None:
-            log(f"resume: {last} is unreadable ({problem}); resuming from {candidate.name}")
+            why = problem or f"it links to {target.name}, not the newest"
+            log(f"resume: {last} is unreadable or stale ({why}); resuming from {candidate.name}")
             return candidate
+        if candidate.resolve() == target and problem is None:
+            return last
     raise CheckpointError(
         f"{last}: cannot be read ({problem}) and no older readable checkpoint is in {folder}; "
         "start a new run"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -20,7 +21,12 @@ from . import interrupts
 from .calibration import mcq_prompt, option_token_ids
 from .callbacks import RolloutLogger, parts_text
 from .chat import prompt_text
-from .checkpointing import AtomicCheckpointIO, RollingCheckpoint, pick_resume_checkpoint
+from .checkpointing import (
+    AtomicCheckpointIO,
+    RollingCheckpoint,
+    pick_resume_checkpoint,
+    write_atomic,
+)
 from .data import build_problems
 from .datamodule import RolloutConfig, RolloutDataModule
 from .divergence import TrainingDiverged
@@ -120,7 +126,7 @@ def run_experiment(cfg: DictConfig, overrides: list[str], state: dict | None = N
     resuming = state is not None
     is_zero = rank_zero_only.rank == 0
     if is_zero and not resuming:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     # Prompt files are read before any model loads (a bad file costs seconds, not minutes); the
@@ -173,15 +179,17 @@ def run_experiment(cfg: DictConfig, overrides: list[str], state: dict | None = N
     def set_status(status: str) -> None:
         state["status"] = status
         if is_zero:
-            state_file.write_text(json.dumps(state, indent=2))
+            write_atomic(state_file, json.dumps(state, indent=2))
         logger.set_status(status)
 
     set_status("RUNNING")
     try:
         summary_file = _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state)
-    except interrupts.Preempted:
+    except (interrupts.Preempted, KeyboardInterrupt) as stop:
         logger.discard()  # steps after the last checkpoint run (and are logged) again on resume
         set_status("KILLED")
+        if isinstance(stop, KeyboardInterrupt):  # Ctrl-C outside a trainer call
+            raise interrupts.Preempted(signal.SIGINT) from None
         raise
     except TrainingDiverged:
         logger.commit()  # keep the curve up to the failure: it shows what diverged
@@ -240,7 +248,7 @@ def _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state) -
     else:
         before = _test(trainer, module, datamodule, "before")
         if is_zero:
-            before_file.write_text(json.dumps(before, indent=2))
+            write_atomic(before_file, json.dumps(before, indent=2))
     fit_started = time.perf_counter()
     logger.hold_metrics = True
     with interrupts.in_trainer():
@@ -271,7 +279,7 @@ def _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state) -
             module.student, module.student_tokenizer, run_dir / "student", cfg.model.student
         )
         summary_file = run_dir / "summary.json"
-        summary_file.write_text(json.dumps(summary, indent=2))
+        write_atomic(summary_file, json.dumps(summary, indent=2))
         logger.experiment.log_artifact(logger.run_id, str(summary_file))
         if cfg.logger.log_student:
             logger.experiment.log_artifacts(logger.run_id, str(student_dir), "student")

@@ -18,7 +18,7 @@ import signal
 from collections import Counter
 
 FAULT_ENV = "PAD_LIGHTNING_FAULT"
-FAULT_POINTS = ("rollout", "step", "checkpoint_write", "final_eval", "report")
+FAULT_POINTS = ("rollout", "step", "checkpoint_write", "checkpoint_saved", "final_eval", "report")
 _hits: Counter = Counter()
 _state: dict = {"signal": None, "in_trainer": False}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -154,12 +155,19 @@ def main(cfg: DictConfig) -> None:
         sys.exit(f"checkpoint error: {err}")
     except TrainingDiverged as err:
         sys.exit(f"training error: {err}")
-    except interrupts.Preempted as stop:
-        print(
-            f"stopped by {stop}; the run keeps its last checkpoint. Resume with: "
-            f"python -m pad_lightning.run resume={cfg.output_dir}",
-            file=sys.stderr,
-        )
+    except (interrupts.Preempted, KeyboardInterrupt) as stop:
+        if isinstance(stop, KeyboardInterrupt):  # Ctrl-C before the run was set up
+            stop = interrupts.Preempted(signal.SIGINT)
+        if (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").exists():
+            print(
+                f"stopped by {stop}; the run keeps its last checkpoint. Resume with: "
+                f"python -m pad_lightning.run resume={cfg.output_dir}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"stopped by {stop} before the first checkpoint; nothing to resume", file=sys.stderr
+            )
         sys.exit(stop.exit_code)
     except OSError as err:  # disk full, a file made read-only mid-run
         where = f"{err.filename}: " if err.filename else ""

@@ -9,18 +9,24 @@
   it never looks finished.
 * Metrics logged during `fit` are held back and committed when a checkpoint has been written
   (`commit`). A run stopped between two checkpoints resumes from the last one and logs the steps
-  after it again; holding them back means every step is in MLflow exactly once.
+  after it again; holding them back means every step is in MLflow exactly once. The held metrics
+  also travel inside the checkpoint (`checkpointing.RollingCheckpoint`), and each commit sets the
+  run tag `pad_lightning.committed_step` in the same database transaction; a resumed run writes
+  its checkpoint's metrics unless that tag says they were written (`commit_carried`). A kill
+  between writing a checkpoint and committing its metrics loses nothing and duplicates nothing.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 LOCAL_SCHEMES = ("sqlite:///", "file://")
+COMMIT_TAG = "pad_lightning.committed_step"
 
 
 def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
@@ -70,21 +76,52 @@ class RunLogger(MLFlowLogger):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.hold_metrics = False
-        self._held: list[tuple[dict, int | None]] = []
+        self._held: list[tuple[dict, int | None, int]] = []  # (metrics, step, time in ms)
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:
         if self.hold_metrics:
-            self._held.append((dict(metrics), step))
+            self._held.append((dict(metrics), step, int(time.time() * 1000)))
         else:
             super().log_metrics(metrics, step)
 
     @rank_zero_only
-    def commit(self) -> None:
-        """Write the held metrics to MLflow (called once a checkpoint is safely on disk)."""
-        held, self._held = self._held, []
-        for metrics, step in held:
-            super().log_metrics(metrics, step)
+    def commit(self, commit_id: int | None = None) -> None:
+        """Write the held metrics to MLflow (called once a checkpoint is safely on disk). With a
+        `commit_id` (the checkpoint's step) the write also sets the run tag COMMIT_TAG, in the
+        same batch, so a resumed run can tell whether its checkpoint's metrics were written."""
+        held, self._held = self.held(), []
+        self._write(held, commit_id)
+
+    def held(self) -> list[tuple[dict[str, float], int | None, int]]:
+        """A copy of the held metrics as plain floats, with the step and the time each was
+        logged (they are saved in checkpoints, and written with their own timestamps)."""
+        return [({k: float(v) for k, v in m.items()}, s, t) for m, s, t in self._held]
+
+    @rank_zero_only
+    def commit_carried(self, entries: list, commit_id: int) -> bool:
+        """On resume: write the metrics a checkpoint carried unless the stopped process already
+        committed them (the run's COMMIT_TAG equals `commit_id`). Returns whether it wrote."""
+        if self.experiment.get_run(self.run_id).data.tags.get(COMMIT_TAG) == str(commit_id):
+            return False
+        self._write(entries, commit_id)
+        return True
+
+    def _write(self, entries: list, commit_id: int | None) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        metrics = [
+            Metric(key=k, value=v, timestamp=logged_at, step=step or 0)
+            for values, step, logged_at in entries
+            for k, v in values.items()
+        ]
+        tags = [] if commit_id is None else [RunTag(COMMIT_TAG, str(commit_id))]
+        # one batch (one database transaction) when it fits MLflow's limit of 1000 metrics
+        chunks = [metrics[i : i + 1000] for i in range(0, len(metrics), 1000)] or [[]]
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            if chunk or (last and tags):
+                self.experiment.log_batch(self.run_id, metrics=chunk, tags=tags if last else [])
 
     def discard(self) -> int:
         """Drop the held metrics (their steps will be run and logged again on resume)."""

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from .calibration import LETTERS, MODES
 from .losses import DIVERGENCES, LOSSES, max_group_size
 from .preference import MAX_DP_N
@@ -204,10 +206,12 @@ def check(cfg) -> None:
     for key in ("print_time_every", "log_rollouts_every"):
         number(cfg.logger.get(key, 0), f"logger.{key}", integer=True, low=0, note=" (0 = never)")
 
-    problem = writable_dir_problem(Path(str(cfg.output_dir)))
+    # (output_dir is Hydra's run directory; a config composed outside a Hydra run has none)
+    output_dir = OmegaConf.select(cfg, "output_dir", throw_on_resolution_failure=False)
+    problem = writable_dir_problem(Path(str(output_dir))) if output_dir else None
     _require(
         problem is None,
-        f"output_dir={str(cfg.output_dir)!r}: not writable ({problem}); run from a writable "
+        f"output_dir={str(output_dir)!r}: not writable ({problem}); run from a writable "
         "directory or set hydra.run.dir",
     )
     problem = tracking_problem(str(cfg.logger.tracking_uri))
