@@ -28,6 +28,7 @@ def toy_setup(args, prompts: int):
     import torch
 
     from pad_lightning.models import load_pair
+    from pad_lightning.module import resolve_inference_dtype
     from pad_lightning.rollout import SamplingConfig
     from pad_lightning.toy.tasks import sample_problems
 
@@ -43,7 +44,5 @@ def toy_setup(args, prompts: int):
         tok_t=tok_t,
         problems=sample_problems(list(cfg.data.tasks), "val", prompts, cfg.data.split_seed),
         sampling=SamplingConfig(roll.temperature, roll.top_p, roll.top_k, roll.max_new_tokens),
-        dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-            cfg.trainer.inference_dtype
-        ),
+        dtype=resolve_inference_dtype(cfg.trainer.inference_dtype, "cpu"),
     )

@@ -354,11 +354,15 @@ def test_read_only_zoo_cache(main_in_process, world):
 
 @pytest.fixture(scope="module")
 def stopped_run(world, baseline):
-    """A run stopped (SIGKILL) after 3 of 6 epochs: checkpoints epoch0001, epoch0002."""
+    """A run stopped (SIGKILL) after 3 of 6 epochs: checkpoints epoch0001, epoch0002. It uses
+    the relative tracking URI sqlite:///mlflow.db (the default), from the folder `world`."""
     run_dir = world / "stopped"
     env = dict(subprocess_env(world), PAD_LIGHTNING_FAULT="rollout:4")
     proc = subprocess.run(
-        cmd(world, "trainer.max_epochs=6", f"hydra.run.dir={run_dir}"),
+        [
+            *cmd(world, "trainer.max_epochs=6", f"hydra.run.dir={run_dir}"),
+            "logger.tracking_uri=sqlite:///mlflow.db",
+        ],
         cwd=world,
         env=env,
         capture_output=True,
@@ -390,11 +394,23 @@ def test_random_bytes_newest_checkpoint_falls_back_to_the_previous(world, stoppe
     run_dir = _copy_run(stopped_run, world / "ckpt-random")
     newest = sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))[-1]
     newest.write_bytes(os.urandom(newest.stat().st_size))
-    # the copy continues the MLflow run of `stopped_run` (no other test resumes that one)
-    proc = launch(world, f"resume={run_dir}", "logger.print_time_every=0")
+    # The copy continues the MLflow run of `stopped_run` (no other test resumes that one), from
+    # another directory: the relative tracking URI it started with was stored absolute.
+    elsewhere = world / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pad_lightning.run", f"resume={run_dir}"],
+        cwd=elsewhere,
+        env=subprocess_env(world),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resume: {run_dir}/checkpoints/last.ckpt is unreadable" in proc.stdout
     assert "resuming from epoch0001.ckpt" in proc.stdout
+    assert client(world).get_run(run_id_of(run_dir)).info.status == "FINISHED"
+    assert not (elsewhere / "mlflow.db").exists()
 
 
 # -- signals ------------------------------------------------------------------------------------

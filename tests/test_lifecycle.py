@@ -220,3 +220,14 @@ def test_resume_prefers_a_newer_checkpoint_than_the_link(tmp_path):
     assert pick_resume_checkpoint(run_dir, lambda _: None).name == "epoch0004.ckpt"
     link.unlink()  # stopped between removing the old link and making the new one
     assert pick_resume_checkpoint(run_dir, lambda _: None).name == "epoch0004.ckpt"
+
+
+def test_auto_inference_dtype_uses_bf16_only_where_it_is_fast(monkeypatch):
+    from pad_lightning import module
+
+    assert module.resolve_inference_dtype("float32", "cpu") is None
+    assert module.resolve_inference_dtype("bfloat16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(module, "fast_bf16", lambda device_type: False)
+    assert module.resolve_inference_dtype("auto", "cpu") is None
+    monkeypatch.setattr(module, "fast_bf16", lambda device_type: True)
+    assert module.resolve_inference_dtype("auto", "cpu") is torch.bfloat16

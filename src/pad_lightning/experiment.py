@@ -32,7 +32,7 @@ from .datamodule import RolloutConfig, RolloutDataModule
 from .divergence import TrainingDiverged
 from .evaluation import EvalConfig
 from .models import load_pair, save_student
-from .module import LossConfig, OptimConfig, PADModule
+from .module import LossConfig, OptimConfig, PADModule, resolve_inference_dtype
 from .rollout import CalibrationConfig, SamplingConfig
 from .tracking import RunLogger
 from .validation import ConfigError, responses_per_round
@@ -242,6 +242,11 @@ def _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state) -
         default_root_dir=run_dir,
     )
 
+    if is_zero and not resuming:  # what trainer.inference_dtype=auto chose on this machine
+        dtype = resolve_inference_dtype(
+            cfg.trainer.inference_dtype, trainer.strategy.root_device.type
+        )
+        logger.log_hyperparams({"trainer.inference_dtype_resolved": str(dtype or torch.float32)})
     before_file = run_dir / "before.json"
     if resuming and before_file.exists():
         before = json.loads(before_file.read_text())

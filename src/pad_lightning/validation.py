@@ -189,8 +189,8 @@ def check(cfg) -> None:
     number(tr.gradient_clip_val, "trainer.gradient_clip_val", low=0, low_open=True, null=True)
     number(tr.num_threads, "trainer.num_threads", integer=True, low=1, null=True)
     _require(
-        tr.inference_dtype in ("bfloat16", "float16", "float32"),
-        f"trainer.inference_dtype={tr.inference_dtype!r}: valid: bfloat16, float16, float32",
+        tr.inference_dtype in ("auto", "bfloat16", "float16", "float32"),
+        f"trainer.inference_dtype={tr.inference_dtype!r}: valid: auto, bfloat16, float16, float32",
     )
     opt = tr.optim
     number(opt.lr, "trainer.optim.lr", low=0, low_open=True)
