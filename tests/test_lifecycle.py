@@ -231,3 +231,14 @@ def test_auto_inference_dtype_uses_bf16_only_where_it_is_fast(monkeypatch):
     assert module.resolve_inference_dtype("auto", "cpu") is None
     monkeypatch.setattr(module, "fast_bf16", lambda device_type: True)
     assert module.resolve_inference_dtype("auto", "cpu") is torch.bfloat16
+
+
+def test_run_name_and_tags_say_what_the_run_is():
+    from pad_lightning.tracking import run_name, run_tags
+
+    overrides = ["loss=vpd", "n=4", "seed=1", "logger.tracking_uri=sqlite:///x.db", "+extra=1"]
+    assert run_name(overrides) == "loss=vpd,n=4,seed=1,+extra=1"
+    assert run_name(["hydra.run.dir=/x"]) == "default"
+    tags = run_tags(overrides, {"dir": "/sweeps/a", "job": 3})
+    assert tags["override.loss"] == "vpd" and tags["override.extra"] == "1"
+    assert tags["sweep.dir"] == "/sweeps/a" and tags["sweep.job"] == "3"

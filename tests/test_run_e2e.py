@@ -145,7 +145,22 @@ def test_multirun_logs_one_mlflow_run_per_job(tmp_path):
     ids = {json.loads(s.read_text())["mlflow_run_id"] for s in summaries}
     assert len(ids) == 2
     client = _client(tmp_path)
-    assert sorted(client.get_run(i).data.params["n"] for i in ids) == ["2", "4"]
+    runs = [client.get_run(i) for i in ids]
+    assert sorted(r.data.params["n"] for r in runs) == ["2", "4"]
+    # names say what each run is (not one RNG-drawn name for all); tags group the sweep
+    assert sorted(r.info.run_name for r in runs) == [
+        "experiment=smoke,trainer.max_epochs=1,n=2",
+        "experiment=smoke,trainer.max_epochs=1,n=4",
+    ]
+    for r in runs:
+        tags = r.data.tags
+        assert tags["override.n"] == r.data.params["n"]
+        assert tags["sweep.dir"] == str((tmp_path / "sweep").resolve())
+        assert tags["sweep.job"] in ("0", "1")
+        assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] in (
+            "true",
+            "false",
+        )
 
 
 def _default_sigint() -> None:

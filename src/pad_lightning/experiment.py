@@ -34,7 +34,7 @@ from .evaluation import EvalConfig
 from .models import load_pair, save_student
 from .module import LossConfig, OptimConfig, PADModule, resolve_inference_dtype
 from .rollout import CalibrationConfig, SamplingConfig
-from .tracking import RunLogger
+from .tracking import RunLogger, run_name, run_tags
 from .validation import ConfigError, responses_per_round
 
 console = Console()
@@ -114,10 +114,13 @@ def _configs(cfg: DictConfig) -> tuple:
     return sampling, cal, rollout, loss, optim
 
 
-def run_experiment(cfg: DictConfig, overrides: list[str], state: dict | None = None) -> Path | None:
+def run_experiment(
+    cfg: DictConfig, overrides: list[str], state: dict | None = None, sweep: dict | None = None
+) -> Path | None:
     """Run one configured experiment; returns the path of its summary.json (None off rank 0).
 
-    `state` is the run_state.json of a run being resumed (None for a new run).
+    `state` is the run_state.json of a run being resumed (None for a new run); `sweep` names the
+    multirun a job belongs to (`dir`, `job`), for its MLflow tags.
     Under DDP every rank runs this function (Lightning relaunches the command with the same
     output directory); only global rank 0 writes files, and every rank takes the same branches
     so that collective calls (test, fit) match.
@@ -170,7 +173,8 @@ def run_experiment(cfg: DictConfig, overrides: list[str], state: dict | None = N
     logger = RunLogger(
         experiment_name=cfg.logger.experiment_name,
         tracking_uri=cfg.logger.tracking_uri,
-        run_name=cfg.logger.run_name,
+        run_name=cfg.logger.run_name or run_name(state["overrides"]),
+        tags=None if resuming else run_tags(state["overrides"], sweep),
         run_id=state.get("mlflow_run_id"),
     )
     state["mlflow_run_id"] = logger.run_id

@@ -119,6 +119,7 @@ def _one_line_config_errors() -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from .resume import RunFinished, resumed_config
     from .tracking import absolute_tracking_uri
@@ -145,8 +146,12 @@ def main(cfg: DictConfig) -> None:
     from .experiment import run_experiment
     from .prompts import DataError
 
+    hydra_cfg = HydraConfig.get()
+    sweep = None
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        sweep = {"dir": str(Path(hydra_cfg.sweep.dir).resolve()), "job": hydra_cfg.job.num}
     try:
-        summary_path = run_experiment(cfg, overrides, state)
+        summary_path = run_experiment(cfg, overrides, state, sweep)
     except DataError as err:
         sys.exit(f"data error: {err}")
     except ConfigError as err:  # found while loading (e.g. a model without a chat template)

@@ -70,6 +70,54 @@ def tracking_problem(uri: str) -> str | None:
     return None
 
 
+NOT_NAMING = ("hydra.", "logger.", "resume=")  # overrides that say where, not what, a run is
+
+
+def run_name(overrides: list[str]) -> str:
+    """A name that says what the run is: its overrides (`loss=vpd,n=4,seed=1`), or `default`.
+    (Lightning would let MLflow draw a random name, after the global RNG was seeded: every run
+    got the same one.)"""
+    parts = [o for o in overrides if not o.lstrip("+~").startswith(NOT_NAMING)]
+    return (",".join(parts) or "default")[:250]
+
+
+def run_tags(overrides: list[str], sweep: dict | None = None) -> dict[str, str]:
+    """Tags of a new run: one `override.<key>` per override, the sweep it belongs to
+    (`sweep.dir`, `sweep.job`), and the git commit and dirty flag of the working tree."""
+    tags = {}
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        tags[f"override.{key}"] = value[:5000]
+    if sweep:
+        tags.update({f"sweep.{k}": str(v) for k, v in sweep.items()})
+    tags.update(_git_tags())
+    return tags
+
+
+def _git_tags() -> dict[str, str]:
+    """The commit of the code that ran (the package's own checkout; none when installed)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=Path(__file__).parent,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {}
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+
+
 class RunLogger(MLFlowLogger):
     """Lightning's MLflow logger with the run status and metric commits described above."""
 
