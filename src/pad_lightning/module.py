@@ -22,7 +22,8 @@ INFERENCE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float
 def fast_bf16(device_type: str) -> bool:
     """Whether bf16 autocast speeds up this device: GPUs with bf16, and CPUs with native bf16
     instructions (AVX512-BF16 / AMX). Without them (e.g. AVX2-only CPUs) bf16 matmuls are
-    emulated: measured 7x slower than float32 for teacher scoring on an AVX2 AMD EPYC."""
+    emulated: measured 4.6-5.1x slower than float32 for teacher scoring on an AVX2 AMD EPYC
+    (experiments/bench_scoring.py)."""
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:
