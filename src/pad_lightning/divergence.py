@@ -14,15 +14,18 @@ class TrainingDiverged(RuntimeError):
     """Training produced non-finite values; the message is one line."""
 
 
-def count_nonfinite(tensor: torch.Tensor) -> int:
-    return int((~torch.isfinite(tensor.detach())).sum())
-
-
-def describe(tensor: torch.Tensor) -> str:
-    """'3 of 16 values (nan, inf)': how many entries are non-finite, and which kinds."""
+def describe_nonfinite(what: str, tensor: torch.Tensor) -> str | None:
+    """``'<what>: k of N are not finite (nan, +inf)'``, or None if every entry is finite."""
     t = tensor.detach()
-    kinds = [k for k, m in (("nan", t.isnan()), ("inf", t.isinf())) if bool(m.any())]
-    return f"{count_nonfinite(t)} of {t.numel()} values ({', '.join(kinds)})"
+    finite = torch.isfinite(t)
+    if bool(finite.all()):
+        return None
+    kinds = [
+        name
+        for name, hit in (("nan", t.isnan()), ("+inf", t.isposinf()), ("-inf", t.isneginf()))
+        if bool(hit.any())
+    ]
+    return f"{what}: {int((~finite).sum())} of {t.numel()} are not finite ({', '.join(kinds)})"
 
 
 def first_nonfinite(named: list[tuple[str, torch.Tensor | None]]) -> str | None:

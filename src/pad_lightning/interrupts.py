@@ -2,8 +2,8 @@
 
 * SIGTERM anywhere in a run sets a flag. Inside `trainer.fit`/`trainer.test` Lightning's own
   handler (which runs alongside ours) stops at the end of the current batch, so no optimizer step
-  is cut in half; outside them (model loading, reporting) the next `raise_if_preempted` call, or
-  the handler itself when nothing is running, raises `Preempted`. The run then exits with status
+  is cut in half, and leaving the trainer call raises `Preempted`; outside them (model loading,
+  reporting) the handler itself raises it. The run then exits with status
   143 (128 + SIGTERM), marked KILLED in MLflow, and prints how to resume.
 * `PAD_LIGHTNING_FAULT=<point>:<k>` kills the process with SIGKILL the k-th time `fault(point)`
   is reached (k = 1 if omitted). The reliability tests use it to crash a run at exact places
@@ -53,16 +53,6 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
-
-
-def received() -> int | None:
-    """The stopping signal received so far (SIGTERM or SIGINT), if any."""
-    return _state["signal"]
-
-
-def raise_if_preempted() -> None:
-    if _state["signal"] is not None:
-        raise Preempted(_state["signal"])
 
 
 class in_trainer:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from pad_lightning.divergence import describe_nonfinite
 from pad_lightning.preference import (
     MAX_DP_N,
     MAX_EXACT_N,
@@ -44,37 +45,25 @@ class NonFiniteScoresError(ValueError):
     """Student or teacher scores hold NaN or +-inf; the message is one line naming the side."""
 
 
-def _non_finite(side: str, scores: Tensor) -> str | None:
-    """``'<side> scores: k of N are not finite (nan, +inf)'``, or None if all are finite."""
-    scores = scores.detach()
-    finite = torch.isfinite(scores)
-    if bool(finite.all()):
-        return None
-    kinds = [
-        name
-        for name, hit in (
-            ("nan", torch.isnan(scores)),
-            ("+inf", torch.isposinf(scores)),
-            ("-inf", torch.isneginf(scores)),
-        )
-        if bool(hit.any())
-    ]
-    bad = int((~finite).sum())
-    return f"{side} scores: {bad} of {scores.numel()} are not finite ({', '.join(kinds)})"
-
-
-def _check_pair(student_scores: Tensor, teacher_scores: Tensor) -> None:
+def _check_shapes(student_scores: Tensor, teacher_scores: Tensor) -> None:
     if student_scores.dim() != 2 or student_scores.shape != teacher_scores.shape:
         raise ValueError(
             "student and teacher scores must both be [B, n], got "
             f"{tuple(student_scores.shape)} and {tuple(teacher_scores.shape)}"
         )
+
+
+def _check_pair(student_scores: Tensor, teacher_scores: Tensor) -> None:
+    _check_shapes(student_scores, teacher_scores)
     both = torch.stack([torch.isfinite(student_scores).all(), torch.isfinite(teacher_scores).all()])
     if bool(both.all()):  # one device sync for both sides
         return
     problems = [
         p
-        for p in (_non_finite("student", student_scores), _non_finite("teacher", teacher_scores))
+        for p in (
+            describe_nonfinite("student scores", student_scores),
+            describe_nonfinite("teacher scores", teacher_scores),
+        )
         if p
     ]
     if problems:
@@ -150,7 +139,7 @@ def decomposed(
 
     With ``group_size`` None or ``>= n`` this is ``fn`` on the whole set (no decomposition).
     """
-    _check_pair(student_scores, teacher_scores)
+    _check_shapes(student_scores, teacher_scores)  # fn checks finiteness (once, not twice)
     b, n = student_scores.shape
     if group_size is None or group_size >= n:
         return fn(student_scores, teacher_scores)

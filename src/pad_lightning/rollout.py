@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .calibration import DEFAULT_TEMPLATE, mix, selection_log_probs
 from .chat import EncodedPair, encode_pairs, encode_prompt, pad_id
-from .divergence import TrainingDiverged, describe
+from .divergence import TrainingDiverged, describe_nonfinite
 from .rewards import score_pairs
 
 
@@ -205,10 +205,12 @@ def collect(
         scores = mix(rewards, log_p_sel, calibration.alpha)
         seconds["calibration"] = time.perf_counter() - started
     for name, values in (("rewards", rewards), ("calibrated scores", scores)):
-        if not bool(torch.isfinite(values).all()):
+        problem = describe_nonfinite(
+            f"teacher {name} of {len(prompts)} prompts x {n} responses", values
+        )
+        if problem:
             raise TrainingDiverged(
-                f"teacher {name} of {len(prompts)} prompts x {n} responses: {describe(values)} "
-                "are not finite; the teacher model (model.teacher) gives non-finite "
+                f"{problem}; the teacher model (model.teacher) gives non-finite "
                 "log-probabilities: check its weights, and prefer trainer.inference_dtype="
                 "bfloat16 or float32 to float16"
             )
