@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,12 +10,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from pad_lightning.configs import config_dir  # noqa: E402
 
 
 def run_config(overrides: list[str]):
     """The run config `python -m pad_lightning.run <overrides>` would use (no output dir)."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="config", overrides=[*overrides, "output_dir=unused"])
 
 

@@ -38,6 +38,8 @@ def run_case(tree: Path, overrides: list[str], epochs: int, workdir: Path) -> di
         sys.executable,
         "-m",
         "pad_lightning.run",
+        # the tree's own configs: pkg://pad_lightning.conf would find this venv's editable install
+        f"--config-path={tree / 'conf'}",
         f"trainer.max_epochs={epochs}",
         f"logger.tracking_uri=sqlite:///{workdir}/mlflow.db",
         "logger.log_student=false",

@@ -81,36 +81,111 @@ def test_default_run_writes_summary_and_prints_its_path_last(smoke_run):
     assert summary["timings"]["epochs"] == 3
 
 
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
 def test_mlflow_run_has_params_metrics_and_artifacts(smoke_run):
     tmp, _ = smoke_run
     summary = json.loads((tmp / "run" / "summary.json").read_text())
     client = _client(tmp)
     run_ = client.get_run(summary["mlflow_run_id"])
+    run_id = run_.info.run_id
     assert run_.data.params["n"] == "4"
     assert run_.data.params["loss.name"] == "ppd"
     assert "calibration.template" in run_.data.params
-    history = client.get_metric_history(run_.info.run_id, "train/loss")
-    assert len(history) == 3 * 2  # 3 epochs x 2 optimizer steps (8 prompts, batches of 4)
-    for key in (
-        "rollout/distinct_fraction",
-        "time/generation_s",
-        "time/training_s",
-        "before/exact_match",
-        "after/exact_match",
-        "val/exact_match",
-    ):
-        assert key in run_.data.metrics, key
-    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
-    assert {"config.yaml", "overrides.yaml", "summary.json", "student", "rollouts"} <= artifacts
-    tables = {a.path for a in client.list_artifacts(run_.info.run_id, "rollouts")}
-    assert "rollouts/epoch_0000.json" in tables
-    table = json.loads(
-        Path(
-            client.download_artifacts(run_.info.run_id, "rollouts/epoch_0000.json", str(tmp))
-        ).read_text()
+    counts = {k: int(v) for k, v in run_.data.params.items() if k.endswith("_parameters")}
+    assert counts["model.student_parameters"] == counts["model.student_trainable_parameters"] > 0
+    assert counts["model.teacher_parameters"] > counts["model.student_parameters"]
+    # One x-axis: optimizer steps the weights had when a value was measured. 3 epochs x 2 steps.
+    assert _steps(client, run_id, "train/loss") == [0, 1, 2, 3, 4, 5]
+    lrs = [m.value for m in client.get_metric_history(run_id, "train/lr")]
+    assert len(lrs) == 6 and lrs[0] < lrs[-1]  # warm-up
+    for key in ("rollout/distinct_fraction", "time/generation_s", "time/training_s"):
+        assert _steps(client, run_id, key) == [0, 2, 4], key  # at each epoch's first step
+    # test/*: one series, before (step 0) and after (last step), equal to the summary
+    for name in ("exact_match", "teacher_reward", "kendall_tau"):
+        history = client.get_metric_history(run_id, f"test/{name}")
+        assert [(m.step, m.value) for m in history] == [
+            (0, pytest.approx(summary["before"][name])),
+            (6, pytest.approx(summary["after"][name])),
+        ]
+    assert _steps(client, run_id, "val/exact_match") == [0, 4]  # step 0, then after epoch 2
+    assert not [k for k in run_.data.metrics if k.startswith(("before/", "after/", "delta/"))]
+    assert "system/cpu_utilization_percentage" in run_.data.metrics
+    # the experiment opens in MLflow's model-training view; the description is the command
+    assert client.get_experiment(run_.info.experiment_id).tags["mlflow.experimentKind"] == (
+        "custom_model_development"
     )
-    assert set(table["columns"]) >= {"prompt", "response", "teacher_score"}
-    assert len(table["data"]) == 8 * 4  # sample_log_prompts x n
+    assert run_.data.tags["mlflow.note.content"] == (
+        "`python -m pad_lightning.run experiment=smoke "
+        f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db`"  # (hydra.* overrides are not kept)
+    )
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "overrides.yaml", "summary.json", "rollouts.json", "plots"} <= artifacts
+    plots = {a.path: a.file_size for a in client.list_artifacts(run_id, "plots")}
+    for name in ("learning_curves", "before_after", "epoch_time", "score_agreement"):
+        assert plots[f"plots/{name}.png"] > 10_000, name
+    contexts = {d.dataset.name: {t.value for t in d.tags} for d in run_.inputs.dataset_inputs}
+    assert contexts == {
+        "toy-train": {"train"},
+        "toy-validation": {"validation"},
+        "toy-test": {"test"},
+    }
+
+
+def test_rollout_table_grows_with_an_epoch_column(smoke_run):
+    import pandas as pd
+
+    from pad_lightning.callbacks import TABLE_COLUMNS
+    from pad_lightning.plots import rollouts_from_mlflow
+
+    tmp, _ = smoke_run
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    # (MlflowClient.load_table searches with the global tracking URI, not the client's)
+    table = pd.DataFrame(rollouts_from_mlflow(_client(tmp), summary["mlflow_run_id"]))
+    assert tuple(c for c in table.columns if c in TABLE_COLUMNS) == TABLE_COLUMNS
+    # log_rollouts_every=2 of 3 epochs: epochs 0 and 2 (the last), 8 prompts x n=4 each
+    assert table.groupby("epoch").size().to_dict() == {0: 32, 2: 32}
+    for _, group in table.groupby(["epoch", "prompt"]):
+        assert sorted(group.teacher_rank) == sorted(group.student_rank) == [1, 2, 3, 4]
+        best = group.sort_values("teacher_rank")
+        assert list(best.teacher_score) == sorted(best.teacher_score, reverse=True)
+        best = group.sort_values("student_rank")
+        assert list(best.student_score) == sorted(best.student_score, reverse=True)
+    assert table.reference.notna().all() and table.q.between(0, 1).all()
+    assert table.log_p_sel.notna().all()  # experiment=smoke calibrates (alpha 0.8)
+    # t = 0.2 r_T + 0.8 log p_sel
+    assert (
+        (0.2 * table.teacher_reward + 0.8 * table.log_p_sel - table.teacher_score).abs() < 1e-4
+    ).all()
+
+
+def test_student_is_an_mlflow_model_that_generates(smoke_run):
+    from transformers import AutoTokenizer
+
+    tmp, _ = smoke_run
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    client = _client(tmp)
+    run_ = client.get_run(summary["mlflow_run_id"])
+    models = client.search_logged_models(
+        experiment_ids=[run_.info.experiment_id],
+        filter_string=f"source_run_id = '{run_.info.run_id}'",
+    )
+    assert [m.name for m in models] == ["student"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+    pipe = mlflow.transformers.load_model(f"models:/{models[0].model_id}")
+    local = AutoTokenizer.from_pretrained(tmp / "run" / "student")
+    prompt = local.apply_chat_template(
+        [{"role": "user", "content": "rev abc"}], tokenize=False, add_generation_prompt=True
+    )
+    out = pipe(prompt, max_new_tokens=4, do_sample=False, return_full_text=False)
+    # the same weights as the run's HF folder: the same greedy answer
+    from transformers import pipeline as hf_pipeline
+
+    reference = hf_pipeline("text-generation", model=str(tmp / "run" / "student"))
+    expected = reference(prompt, max_new_tokens=4, do_sample=False, return_full_text=False)
+    assert out[0]["generated_text"] == expected[0]["generated_text"]
 
 
 def test_checkpoint_has_student_only_and_student_folder_loads(smoke_run):
@@ -127,40 +202,97 @@ def test_checkpoint_has_student_only_and_student_folder_loads(smoke_run):
         assert torch.equal(value, ckpt["state_dict"][f"student.{name}"])
 
 
-def test_multirun_logs_one_mlflow_run_per_job(tmp_path):
-    proc = subprocess.run(
-        [
-            *_cmd(tmp_path, "trainer.max_epochs=1", "n=2,4", f"hydra.sweep.dir={tmp_path}/sweep"),
-            "--multirun",
-        ],
+def _multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*_cmd(tmp_path, *overrides, f"hydra.sweep.dir={tmp_path}/sweep"), "--multirun"],
         cwd=tmp_path,
         env=subprocess_env(tmp_path),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
+    )
+
+
+def test_multirun_is_one_parent_run_with_named_tagged_children_and_a_table(tmp_path):
+    """The issue's sweep: `--multirun experiment=smoke n=2,4 loss=ppd,vpd` (1 epoch each)."""
+    proc = _multirun(
+        tmp_path, "trainer.max_epochs=1", "logger.log_student=false", "n=2,4", "loss=ppd,vpd"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
-    assert len(summaries) == 2
-    ids = {json.loads(s.read_text())["mlflow_run_id"] for s in summaries}
-    assert len(ids) == 2
-    client = _client(tmp_path)
-    runs = [client.get_run(i) for i in ids]
-    assert sorted(r.data.params["n"] for r in runs) == ["2", "4"]
-    # names say what each run is (not one RNG-drawn name for all); tags group the sweep
-    assert sorted(r.info.run_name for r in runs) == [
-        "experiment=smoke,trainer.max_epochs=1,n=2",
-        "experiment=smoke,trainer.max_epochs=1,n=4",
+    sweep = (tmp_path / "sweep").resolve()
+    # Hydra's job lines, then the comparison table (2 x 2, one run per cell)
+    job_lines = [line for line in proc.stdout.splitlines() if line.startswith("#")]
+    assert [line.split(" : ")[0] for line in job_lines] == ["#0", "#1", "#2", "#3"]
+    assert job_lines[0].endswith(" n=2 loss=ppd")
+    assert "4 jobs, 4 finished; swept: loss, n" in proc.stdout
+    compare_out = proc.stdout[proc.stdout.index("4 jobs, 4 finished") :]
+    table_rows = [line for line in compare_out.splitlines() if line.startswith("│ ")]
+    assert [row.split("│")[1:3] for row in table_rows] == [
+        [" ppd  ", " 2 "],
+        [" ppd  ", " 4 "],
+        [" vpd  ", " 2 "],
+        [" vpd  ", " 4 "],
     ]
-    for r in runs:
-        tags = r.data.tags
-        assert tags["override.n"] == r.data.params["n"]
-        assert tags["sweep.dir"] == str((tmp_path / "sweep").resolve())
-        assert tags["sweep.job"] in ("0", "1")
+    summaries = sorted(sweep.glob("*/summary.json"))
+    assert len(summaries) == 4
+    client = _client(tmp_path)
+    parent_id = json.loads((sweep / "mlflow_parent.json").read_text())["run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == (
+        "sweep: experiment=smoke trainer.max_epochs=1 n=2,4 loss=ppd,vpd"
+    )
+    assert parent.data.tags["sweep.dir"] == str(sweep)
+    logged = {a.path for a in client.list_artifacts(parent_id, "compare")}
+    assert {"compare/compare.png", "compare/compare.csv"} <= logged
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert {json.loads(s.read_text())["mlflow_run_id"] for s in summaries} == {
+        c.info.run_id for c in children
+    }
+    # names say what each run is (not one RNG-drawn name for all)
+    assert sorted(c.info.run_name for c in children) == [
+        f"experiment=smoke,trainer.max_epochs=1,n={n},loss={loss}"
+        for n in (2, 4)
+        for loss in ("ppd", "vpd")
+    ]
+    for c in children:
+        tags = c.data.tags
+        assert c.info.status == "FINISHED"
+        assert tags["override.n"] == c.data.params["n"]
+        assert tags["override.loss"] == c.data.params["loss.name"]
+        assert tags["sweep.dir"] == str(sweep)
+        assert tags["sweep.job"] in ("0", "1", "2", "3")
         assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] in (
             "true",
             "false",
         )
+        assert "plots/learning_curves.png" in {
+            a.path for a in client.list_artifacts(c.info.run_id, "plots")
+        }
+
+
+def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
+    proc = _multirun(
+        tmp_path, "trainer.max_epochs=1", "logger.log_student=false", "trainer.optim.lr=1e12,1e-3"
+    )
+    assert proc.returncode == 1
+    assert "job #0 (" in proc.stderr and "training error: step" in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"sweep {(tmp_path / 'sweep').resolve()}: 1 job(s) failed: #0 (")
+    )
+    assert (tmp_path / "sweep" / "1" / "summary.json").is_file()  # job 1 ran after job 0 failed
+    client = _client(tmp_path)
+    parent_id = json.loads((tmp_path / "sweep" / "mlflow_parent.json").read_text())["run_id"]
+    assert client.get_run(parent_id).info.status == "FAILED"
+    children = client.search_runs(["1"], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert sorted((c.data.tags["sweep.job"], c.info.status) for c in children) == [
+        ("0", "FAILED"),
+        ("1", "FINISHED"),
+    ]
 
 
 def _default_sigint() -> None:

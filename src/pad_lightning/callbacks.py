@@ -8,7 +8,10 @@ import time
 import lightning as L
 import torch
 
+from .chat import pad_id
 from .datamodule import combine_rounds
+from .metrics import quality_matrix
+from .rewards import pad_pairs, sequence_rewards
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -17,6 +20,73 @@ def peak_memory_mb() -> dict[str, float]:
     if torch.cuda.is_available():
         out["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+ROLLOUT_TABLE = "rollouts.json"
+TABLE_COLUMNS = (
+    "epoch",
+    "prompt",
+    "reference",
+    "response",
+    "q",
+    "teacher_reward",
+    "log_p_sel",
+    "teacher_score",
+    "student_score",
+    "teacher_rank",
+    "student_rank",
+)
+
+
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each entry of the rows of `scores` [P, n] (1 = highest; ties keep order)."""
+    order = scores.argsort(dim=-1, descending=True, stable=True)
+    out = torch.empty_like(order)
+    out.scatter_(-1, order, torch.arange(1, scores.shape[-1] + 1).expand_as(order).contiguous())
+    return out
+
+
+@torch.no_grad()
+def student_scores(module, pairs: list) -> torch.Tensor:
+    """The student's length-normalised log-likelihood of each (prompt, response) pair, [len]."""
+    batch = pad_pairs(pairs, pad_id(module.student_tokenizer))
+    was_training = module.student.training
+    module.student.eval()
+    try:
+        return sequence_rewards(module.student, batch.to(module.device)).float().cpu()
+    finally:
+        module.student.train(was_training)
+
+
+def rollout_rows(roll, problems: list, module, epoch: int, prompts: int) -> dict[str, list]:
+    """Columns of the rollout table for the first `prompts` prompts of a rollout: what each
+    response got from the teacher (reward r_T, log p_sel, calibrated score t, rank by t), its
+    true quality q and the reference (toy world; None elsewhere), and the student's score
+    (length-normalised log-likelihood under the student at the end of the epoch) and rank."""
+    k = min(prompts, len(roll.prompts))
+    n = roll.teacher_scores.shape[1]
+    student = student_scores(module, roll.student_pairs[: k * n]).view(k, n)
+    teacher = roll.teacher_scores[:k].float()
+    q = quality_matrix(roll.texts[:k], problems[:k]) if problems else None
+    t_rank, s_rank = ranks(teacher), ranks(student)
+    rows: dict[str, list] = {c: [] for c in TABLE_COLUMNS}
+    for i in range(k):
+        reference = getattr(problems[i], "reference", None) if problems else None
+        for j, text in enumerate(roll.texts[i]):
+            rows["epoch"].append(epoch)
+            rows["prompt"].append(str(roll.prompts[i]))
+            rows["reference"].append(reference)
+            rows["response"].append(text)
+            rows["q"].append(float(q[i, j]) if q is not None else None)
+            rows["teacher_reward"].append(float(roll.teacher_rewards[i, j]))
+            rows["log_p_sel"].append(
+                float(roll.log_p_sel[i, j]) if roll.log_p_sel is not None else None
+            )
+            rows["teacher_score"].append(float(teacher[i, j]))
+            rows["student_score"].append(float(student[i, j]))
+            rows["teacher_rank"].append(int(t_rank[i, j]))
+            rows["student_rank"].append(int(s_rank[i, j]))
+    return rows
 
 
 PARTS = ("generation", "teacher_scoring", "calibration", "training", "validation", "other")
@@ -38,13 +108,19 @@ def parts_text(
     return ", ".join(parts)
 
 
-def time_line(epoch: int, max_epochs: int, stats: dict[str, float]) -> str:
-    """One terminal line: seconds (and tokens/s) of each part of an epoch, and peak memory."""
+def time_line(
+    epoch: int, max_epochs: int, stats: dict[str, float], eta_s: float | None = None
+) -> str:
+    """One terminal line: seconds (and tokens/s) of each part of an epoch, peak memory, and the
+    estimated time to the end of the fit."""
+    from .progress import eta_text
+
     parts = parts_text(stats, "time/{}_s", "throughput/{}_tokens_per_s", ("validation",))
     memory = f"peak RSS {stats['memory/peak_rss_mb']:.0f} MB"
     if "memory/peak_cuda_mb" in stats:
         memory += f", CUDA {stats['memory/peak_cuda_mb']:.0f} MB"
-    return f"epoch {epoch + 1}/{max_epochs}: {parts}; {memory}"
+    eta = f"; ETA {eta_text(eta_s)}" if eta_s is not None and epoch + 1 < max_epochs else ""
+    return f"epoch {epoch + 1}/{max_epochs}: {parts}; {memory}{eta}"
 
 
 class RolloutLogger(L.Callback):
@@ -60,12 +136,17 @@ class RolloutLogger(L.Callback):
         self.table_every, self.table_prompts = table_every, table_prompts
         self.print_every = print_every
         self.history: list[dict[str, float]] = []
+        self._elapsed: list[float] = []  # wall seconds of each epoch (for the ETA)
         self._epoch_start = self._batch_start = self._val_start = 0.0
         self._training = self._validation = 0.0
         self._training_tokens = 0
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._epoch_start = time.perf_counter()
+        # Per-epoch values are logged at the step where the epoch began: the rollout statistics
+        # describe samples of the weights after that many optimizer steps (the axis of
+        # train/loss, val/* and test/*).
+        self._epoch_start_step = trainer.global_step
         self._training = self._validation = 0.0
         self._training_tokens = 0
 
@@ -102,38 +183,27 @@ class RolloutLogger(L.Callback):
             return
         if trainer.logger is not None:
             trainer.logger.log_metrics(
-                {k: v for k, v in stats.items() if k != "epoch"}, step=trainer.global_step
+                {k: v for k, v in stats.items() if k != "epoch"}, step=self._epoch_start_step
             )
         last = epoch + 1 >= trainer.max_epochs
         if dm.epoch_stats and self.table_every and (epoch % self.table_every == 0 or last):
             self._log_table(trainer, epoch)
+        self._elapsed.append(elapsed)
         if self.print_every and ((epoch + 1) % self.print_every == 0 or epoch == 0 or last):
-            print(time_line(epoch, trainer.max_epochs, stats), flush=True)
+            recent = self._elapsed[-20:]
+            eta = sum(recent) / len(recent) * (trainer.max_epochs - epoch - 1)
+            print(time_line(epoch, trainer.max_epochs, stats, eta), flush=True)
 
     def _log_table(self, trainer, epoch: int) -> None:
         logger = trainer.logger
-        roll = trainer.datamodule.last_rollout
+        dm = trainer.datamodule
         if logger is None or not trainer.is_global_zero or not hasattr(logger, "experiment"):
             return
-        rows: dict[str, list] = {
-            "prompt": [],
-            "response": [],
-            "teacher_reward": [],
-            "teacher_score": [],
-            "log_p_sel": [],
-        }
-        for i in range(min(self.table_prompts, len(roll.prompts))):
-            for j, text in enumerate(roll.texts[i]):
-                rows["prompt"].append(str(roll.prompts[i]))
-                rows["response"].append(text)
-                rows["teacher_reward"].append(float(roll.teacher_rewards[i, j]))
-                rows["teacher_score"].append(float(roll.teacher_scores[i, j]))
-                rows["log_p_sel"].append(
-                    float(roll.log_p_sel[i, j]) if roll.log_p_sel is not None else None
-                )
-        logger.experiment.log_table(
-            logger.run_id, data=rows, artifact_file=f"rollouts/epoch_{epoch:04d}.json"
+        rows = rollout_rows(
+            dm.last_rollout, dm.last_problems, trainer.lightning_module, epoch, self.table_prompts
         )
+        # one growing table: MLflow appends rows logged to an existing table file
+        logger.experiment.log_table(logger.run_id, data=rows, artifact_file=ROLLOUT_TABLE)
 
     def summary(self) -> dict[str, float]:
         """Mean per-epoch seconds (and tokens/s) of each part over the run.

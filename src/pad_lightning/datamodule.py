@@ -60,6 +60,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.cfg, self.sampling, self.calibration = rollout, sampling, calibration
         self.seed, self.eval_batch_size = seed, eval_batch_size
         self.last_rollout: Rollout | None = None
+        self.last_problems: list = []  # the problems of last_rollout (references, for tables)
         self.epoch_stats: list[dict[str, float]] = []  # one entry per fresh rollout this epoch
         self._order: tuple[int, list[int]] | None = None  # (pass index, shuffled pool order)
 
@@ -111,7 +112,7 @@ class RolloutDataModule(L.LightningDataModule):
             self.cfg.max_tokens,
             module._autocast_dtype(),
         )
-        self.last_rollout = roll
+        self.last_rollout, self.last_problems = roll, problems
         self.epoch_stats.append(rollout_stats(roll, problems, module.loss_cfg.beta_teacher))
         return roll
 

@@ -13,6 +13,7 @@ import torch
 
 from .chat import encode_pairs, pad_id
 from .metrics import answer_metrics, kendall_tau, nanmean, quality_matrix, top1_agreement
+from .progress import phase
 from .rewards import score_pairs
 from .rollout import CalibrationConfig, SamplingConfig, collect, generate
 
@@ -37,16 +38,17 @@ def evaluate(
     refs = [getattr(p, "reference", None) for p in problems]
     out: dict[str, float] = {}
 
-    greedy = generate(
-        student,
-        tok_s,
-        prompts,
-        1,
-        cfg.sampling,
-        greedy=True,
-        autocast_dtype=autocast_dtype,
-        skip_special_tokens=False,  # score what was generated (see `rollout.generate`)
-    )
+    with phase(f"greedy answers to {len(prompts)} prompts"):
+        greedy = generate(
+            student,
+            tok_s,
+            prompts,
+            1,
+            cfg.sampling,
+            greedy=True,
+            autocast_dtype=autocast_dtype,
+            skip_special_tokens=False,  # score what was generated (see `rollout.generate`)
+        )
     answers = [t[0] for t in greedy.texts]
     if all(r is not None for r in refs):
         out.update(answer_metrics(answers, refs))

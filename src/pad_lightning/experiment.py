@@ -11,11 +11,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
+from transformers.utils import logging as hf_logging
 
 from . import interrupts
 from .calibration import mcq_prompt, option_token_ids
@@ -33,8 +33,17 @@ from .divergence import TrainingDiverged
 from .evaluation import EvalConfig
 from .models import load_pair, save_student
 from .module import LossConfig, OptimConfig, PADModule, resolve_inference_dtype
+from .progress import RunProgress
 from .rollout import CalibrationConfig, SamplingConfig
-from .tracking import RunLogger, run_name, run_tags
+from .tracking import (
+    RunLogger,
+    log_datasets,
+    log_student_model,
+    parameter_counts,
+    run_name,
+    run_tags,
+    ui_hint,
+)
 from .validation import ConfigError, responses_per_round
 
 console = Console()
@@ -52,6 +61,10 @@ class _DropNoise(logging.Filter):
 for _name in ("lightning.pytorch", "lightning.fabric"):
     for _handler in logging.getLogger(_name).handlers:
         _handler.addFilter(_DropNoise())
+# start/stop notices of MLflow's system metrics thread
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+# transformers' per-file bars (loading and writing weights): the run has its own display
+hf_logging.disable_progress_bar()
 REPORTED = (
     "exact_match",
     "quality",
@@ -187,8 +200,19 @@ def run_experiment(
         logger.set_status(status)
 
     set_status("RUNNING")
+    if is_zero:
+        console.print(
+            f"run [bold]{logger._run_name}[/bold] ({'resumed, ' if resuming else ''}MLflow run "
+            f"{logger.run_id}) in {run_dir}\n{ui_hint(cfg.logger.tracking_uri, logger)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    logger.start_system_metrics(resume=resuming)
     try:
-        summary_file = _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state)
+        with RunProgress(console) as progress:
+            summary_file = _run(
+                cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state, progress
+            )
     except (interrupts.Preempted, KeyboardInterrupt) as stop:
         logger.discard()  # steps after the last checkpoint run (and are logged) again on resume
         set_status("KILLED")
@@ -208,11 +232,15 @@ def run_experiment(
     return summary_file
 
 
-def _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state) -> Path | None:
+def _run(
+    cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state, progress
+) -> Path | None:
     started = time.perf_counter()
     is_zero = rank_zero_only.rank == 0
     if is_zero and not resuming:
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        logger.log_hyperparams(parameter_counts(module.student, module.teacher))
+        log_datasets(logger, cfg.data, datamodule)
         (run_dir / "overrides.yaml").write_text("\n".join(state["overrides"]) + "\n")
         for name in ("config.yaml", "overrides.yaml"):
             logger.experiment.log_artifact(logger.run_id, str(run_dir / name))
@@ -235,7 +263,7 @@ def _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state) -
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         accumulate_grad_batches=accumulate,
         logger=logger,
-        callbacks=[rollout_logger, checkpoints, RichProgressBar()],
+        callbacks=[rollout_logger, checkpoints, progress],
         plugins=[AtomicCheckpointIO()],
         reload_dataloaders_every_n_epochs=datamodule.cfg.every_n_epochs,
         check_val_every_n_epoch=cfg.trainer.val_every_n_epochs,
@@ -255,9 +283,12 @@ def _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state) -
     if resuming and before_file.exists():
         before = json.loads(before_file.read_text())
     else:
-        before = _test(trainer, module, datamodule, "before")
+        before = _test(trainer, module, datamodule)
         if is_zero:
             write_atomic(before_file, json.dumps(before, indent=2))
+    if not resuming and cfg.trainer.val_every_n_epochs and datamodule.val_problems:
+        with interrupts.in_trainer():  # validation at step 0: the start of the val/* curves
+            trainer.validate(module, datamodule=datamodule, verbose=False)
     fit_started = time.perf_counter()
     logger.hold_metrics = True
     with interrupts.in_trainer():
@@ -266,7 +297,7 @@ def _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state) -
     logger.commit()
     fit_seconds = time.perf_counter() - fit_started
     interrupts.fault("final_eval")
-    after = _test(trainer, module, datamodule, "after")
+    after = _test(trainer, module, datamodule)
 
     summary = {
         "before": before,
@@ -290,11 +321,9 @@ def _run(cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state) -
         summary_file = run_dir / "summary.json"
         write_atomic(summary_file, json.dumps(summary, indent=2))
         logger.experiment.log_artifact(logger.run_id, str(summary_file))
+        _log_plots(logger, run_dir)
         if cfg.logger.log_student:
-            logger.experiment.log_artifacts(logger.run_id, str(student_dir), "student")
-        logger.log_metrics(
-            {f"delta/{k}": v for k, v in summary["delta"].items()}, step=trainer.global_step
-        )
+            log_student_model(logger, student_dir)
         report(summary)
         return summary_file
     return None
@@ -319,13 +348,27 @@ def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
         raise ConfigError(f"calibration.mode={cal.mode}: {err}") from None
 
 
-def _test(trainer: L.Trainer, module: PADModule, datamodule, tag: str) -> dict[str, float]:
-    module.eval_tag = tag
+def _test(trainer: L.Trainer, module: PADModule, datamodule) -> dict[str, float]:
+    """Test-set metrics of the student as it is now; logged as test/* at the current step (0
+    before training, the last step after it), so before/after draw as one line per metric."""
+    module.eval_tag = "test"
     with interrupts.in_trainer():
         results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     module.eval_tag = "val"
-    prefix = f"{tag}/"
-    return {k[len(prefix) :]: float(v) for k, v in results.items() if k.startswith(prefix)}
+    return {k[len("test/") :]: float(v) for k, v in results.items() if k.startswith("test/")}
+
+
+def _log_plots(logger: RunLogger, run_dir: Path) -> None:
+    """The end-of-run figures (plots.py) as PNG artifacts under plots/ (and in run_dir/plots)."""
+    from .callbacks import ROLLOUT_TABLE
+    from .plots import history_from_mlflow, rollouts_from_mlflow, run_figures, save_figures
+
+    client = logger.experiment
+    history = history_from_mlflow(client, logger.run_id)
+    rows = rollouts_from_mlflow(client, logger.run_id, ROLLOUT_TABLE)
+    paths = save_figures(run_figures(history, rows), run_dir / "plots")
+    if paths:
+        client.log_artifacts(logger.run_id, str(run_dir / "plots"), "plots")
 
 
 def report(summary: dict) -> None:
@@ -340,8 +383,10 @@ def report(summary: dict) -> None:
     console.print(table)
     times = summary["timings"]
     parts = parts_text(times, "mean_{}_s", "mean_{}_tokens_per_s")
-    console.print(
+    console.print(  # soft_wrap: one line each, also when piped (no re-wrapping at 80 columns)
         f"mean epoch {times.get('mean_epoch_s', 0):.2f}s: {parts}; "
         f"fit {times['fit_s']:.0f}s, total {times['total_s']:.0f}s; "
-        f"MLflow run {summary['mlflow_run_id']}"
+        f"MLflow run {summary['mlflow_run_id']}",
+        soft_wrap=True,
+        highlight=False,
     )

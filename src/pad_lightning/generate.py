@@ -248,17 +248,40 @@ def resolve_run_student(run_id: str, tracking_uri: str, download_dir: Path) -> P
         if model_folder_problem(student) is None:
             return student
         looked.append(str(student))
+    model = _logged_student(client, run, tracking_uri, download_dir)
+    if model is not None:
+        return model
     try:
         logged = client.list_artifacts(run_id, "student")
     except (MlflowException, OSError):
         logged = []
-    if logged:
+    if logged:  # a LoRA adapter folder (or a run from before students were MLflow models)
         return Path(client.download_artifacts(run_id, "student", str(download_dir)))
     where = f"no usable {' or '.join(looked)}" if looked else "no run_dir or output_dir"
     raise ExportError(
-        f"--run {run_id}: no student: {where}, and the run has no 'student' artifact "
+        f"--run {run_id}: no student: {where}, and the run has no 'student' model or artifact "
         "(was it stopped early, or run with logger.log_student=false?)"
     )
+
+
+def _logged_student(client, run, tracking_uri: str, download_dir: Path) -> Path | None:
+    """The run's MLflow model `student` (transformers flavour) as an HF folder, or None."""
+    import mlflow
+
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'student'",
+    )
+    if not models:
+        return None
+    mlflow.set_tracking_uri(tracking_uri)
+    parts = mlflow.transformers.load_model(
+        f"models:/{models[0].model_id}", return_type="components"
+    )
+    folder = Path(download_dir) / "student"
+    parts["model"].save_pretrained(folder)
+    parts["tokenizer"].save_pretrained(folder)
+    return folder
 
 
 def pick_device(name: str) -> torch.device:

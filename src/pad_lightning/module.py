@@ -83,7 +83,7 @@ class PADModule(L.LightningModule):
         self.loss_fn = losses.loss_function(loss.name, loss.divergence)
         self.total_steps = total_steps
         self.inference_dtype = inference_dtype
-        self.eval_tag = "val"
+        self.eval_tag = "val"  # "val" (periodic validation) or "test" (before / after training)
         self.strict_loading = False  # checkpoints hold the student only
 
     # -- training -------------------------------------------------------------------------
@@ -116,6 +116,9 @@ class PADModule(L.LightningModule):
             self._diverged(f"loss is {float(loss)}")
         self.log("train/loss", loss, prog_bar=True, batch_size=scores.shape[0])
         self.log("train/student_reward", rewards.mean(), batch_size=scores.shape[0])
+        if self._trainer is not None:  # the learning rate of this step's update
+            lr = self._trainer.optimizers[0].param_groups[0]["lr"]
+            self.log("train/lr", lr, batch_size=scores.shape[0])
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -157,6 +160,10 @@ class PADModule(L.LightningModule):
                 sync_dist=True,
                 prog_bar=name == "exact_match",
             )
+        # One x-axis for every metric: the number of optimizer steps the weights have had when
+        # the value was measured (Lightning would log validation one step early, and tests at a
+        # running count of evaluation calls).
+        self.log("step", float(self.global_step), batch_size=len(problems))
 
     def validation_step(self, problems: list, batch_idx: int) -> None:
         self._eval_step(problems, batch_idx)

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from .calibration import DEFAULT_TEMPLATE, mix, selection_log_probs
 from .chat import EncodedPair, encode_pairs, encode_prompt, pad_id
 from .divergence import TrainingDiverged, describe_nonfinite
+from .progress import phase
 from .rewards import score_pairs
 
 
@@ -160,15 +161,16 @@ def collect(
     """Sample from the current student, score with the frozen teacher, calibrate."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    gens = generate(
-        student,
-        student_tokenizer,
-        prompts,
-        n,
-        sampling,
-        autocast_dtype=autocast_dtype,
-        skip_special_tokens=False,  # score what was generated (see `generate`)
-    )
+    with phase(f"generating {len(prompts)} x {n} samples"):
+        gens = generate(
+            student,
+            student_tokenizer,
+            prompts,
+            n,
+            sampling,
+            autocast_dtype=autocast_dtype,
+            skip_special_tokens=False,  # score what was generated (see `generate`)
+        )
     seconds["generation"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -176,9 +178,10 @@ def collect(
     student_pairs = encode_pairs(student_tokenizer, prompts, gens.texts, finished=finished)
     teacher_pairs = encode_pairs(teacher_tokenizer, prompts, gens.texts, finished=finished)
     device = next(teacher.parameters()).device
-    rewards = score_pairs(
-        teacher, teacher_pairs, pad_id(teacher_tokenizer), max_tokens, device, autocast_dtype
-    )
+    with phase("teacher scoring"):
+        rewards = score_pairs(
+            teacher, teacher_pairs, pad_id(teacher_tokenizer), max_tokens, device, autocast_dtype
+        )
     rewards = rewards.view(len(prompts), n)
     seconds["teacher_scoring"] = time.perf_counter() - started
     tokens = {
@@ -191,17 +194,18 @@ def collect(
     if calibration.name == "mcq" and calibration.alpha > 0:  # alpha = 0: t = r_T exactly
         started = time.perf_counter()
         questions = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-        log_p_sel, tokens["calibration"] = selection_log_probs(
-            teacher,
-            teacher_tokenizer,
-            questions,
-            gens.texts,
-            calibration.mode,
-            calibration.debias,
-            calibration.template,
-            max_tokens,
-            autocast_dtype,
-        )
+        with phase("calibration (teacher MCQ)"):
+            log_p_sel, tokens["calibration"] = selection_log_probs(
+                teacher,
+                teacher_tokenizer,
+                questions,
+                gens.texts,
+                calibration.mode,
+                calibration.debias,
+                calibration.template,
+                max_tokens,
+                autocast_dtype,
+            )
         scores = mix(rewards, log_p_sel, calibration.alpha)
         seconds["calibration"] = time.perf_counter() - started
     for name, values in (("rewards", rewards), ("calibrated scores", scores)):

@@ -22,6 +22,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# MLflow draws a download bar each time a rollout table grows; the run has its own display
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import warnings  # noqa: E402
 
@@ -30,13 +32,13 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from . import interrupts  # noqa: E402
+from .configs import CONFIG_PATH  # noqa: E402
 from .validation import ConfigError, check  # noqa: E402
 
 warnings.filterwarnings(
     "ignore",
     message=r".*(LeafSpec|litlogger|does not have many workers|in eval mode at the start|`IterableDataset` has `__len__`).*",
 )
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 _unique: dict[str, str] = {}
 
 
@@ -116,7 +118,7 @@ def _one_line_config_errors() -> None:
     hydra_utils.run_and_report = run_and_report
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -125,7 +127,25 @@ def main(cfg: DictConfig) -> None:
     from .tracking import absolute_tracking_uri
 
     interrupts.install()
-    overrides = list(HydraConfig.get().overrides.task)
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    sweep = None
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        from .sweep import parent_info
+
+        sweep = {"dir": str(Path(hydra_cfg.sweep.dir).resolve()), "job": hydra_cfg.job.num}
+        parent = parent_info(sweep["dir"])
+        if parent is not None:
+            sweep["parent_run_id"] = parent["run_id"]
+
+    def fail(message: str) -> None:
+        """End this run with one line; in a sweep, note the failed job and go on to the next."""
+        if sweep is None:
+            sys.exit(message)
+        from .sweep import record_failure
+
+        record_failure(sweep["job"], overrides, message)
+
     state = None
     try:
         if cfg.resume:
@@ -138,31 +158,31 @@ def main(cfg: DictConfig) -> None:
         print(note)
         return
     except ConfigError as err:
-        sys.exit(f"config error: {err}")
+        return fail(f"config error: {err}")
     except OmegaConfBaseException as err:
-        sys.exit(f"config error: {getattr(err, 'full_key', '') or ''}: {hydra_message(err)}")
+        return fail(f"config error: {getattr(err, 'full_key', '') or ''}: {hydra_message(err)}")
     from .checkpointing import CheckpointError
     from .divergence import TrainingDiverged
     from .experiment import run_experiment
     from .prompts import DataError
 
-    hydra_cfg = HydraConfig.get()
-    sweep = None
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        sweep = {"dir": str(Path(hydra_cfg.sweep.dir).resolve()), "job": hydra_cfg.job.num}
     try:
         summary_path = run_experiment(cfg, overrides, state, sweep)
     except DataError as err:
-        sys.exit(f"data error: {err}")
+        return fail(f"data error: {err}")
     except ConfigError as err:  # found while loading (e.g. a model without a chat template)
-        sys.exit(f"config error: {err}")
+        return fail(f"config error: {err}")
     except CheckpointError as err:
-        sys.exit(f"checkpoint error: {err}")
+        return fail(f"checkpoint error: {err}")
     except TrainingDiverged as err:
-        sys.exit(f"training error: {err}")
+        return fail(f"training error: {err}")
     except (interrupts.Preempted, KeyboardInterrupt) as stop:
         if isinstance(stop, KeyboardInterrupt):  # Ctrl-C before the run was set up
             stop = interrupts.Preempted(signal.SIGINT)
+        if sweep is not None:  # the whole sweep stops
+            from .sweep import set_parent_status
+
+            set_parent_status(sweep["dir"], "KILLED")
         if (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").exists():
             print(
                 f"stopped by {stop}; the run keeps its last checkpoint. Resume with: "
@@ -176,11 +196,16 @@ def main(cfg: DictConfig) -> None:
         sys.exit(stop.exit_code)
     except OSError as err:  # disk full, a file made read-only mid-run
         where = f"{err.filename}: " if err.filename else ""
-        sys.exit(f"error: {where}{err.strerror or err}")
+        return fail(f"error: {where}{err.strerror or err}")
     if summary_path is not None:  # global rank 0
         print(summary_path)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `pad-lightning` console command: `python -m pad_lightning.run`."""
     _one_line_config_errors()
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -27,6 +27,17 @@ from lightning.pytorch.utilities import rank_zero_only
 
 LOCAL_SCHEMES = ("sqlite:///", "file://")
 COMMIT_TAG = "pad_lightning.committed_step"
+# MLflow 3's UI opens an experiment with this kind in its model-training view (not GenAI)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of the experiment `name`, created if missing, tagged for the model-training view."""
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+    if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+    return exp_id
 
 
 def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
@@ -82,14 +93,21 @@ def run_name(overrides: list[str]) -> str:
 
 
 def run_tags(overrides: list[str], sweep: dict | None = None) -> dict[str, str]:
-    """Tags of a new run: one `override.<key>` per override, the sweep it belongs to
-    (`sweep.dir`, `sweep.job`), and the git commit and dirty flag of the working tree."""
+    """Tags of a new run: one `override.<key>` per override, the run description (its command
+    line), the sweep it belongs to (`sweep.dir`, `sweep.job`, and `mlflow.parentRunId`, which
+    nests the run under the sweep's parent run in the UI), and the git commit and dirty flag."""
     tags = {}
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
         tags[f"override.{key}"] = value[:5000]
+    args = " ".join(overrides)
+    tags["mlflow.note.content"] = f"`python -m pad_lightning.run {args}`".replace("  ", " ")
     if sweep:
-        tags.update({f"sweep.{k}": str(v) for k, v in sweep.items()})
+        for key, value in sweep.items():
+            if key == "parent_run_id":
+                tags["mlflow.parentRunId"] = str(value)
+            else:
+                tags[f"sweep.{key}"] = str(value)
     tags.update(_git_tags())
     return tags
 
@@ -125,6 +143,36 @@ class RunLogger(MLFlowLogger):
         super().__init__(*args, **kwargs)
         self.hold_metrics = False
         self._held: list[tuple[dict, int | None, int]] = []  # (metrics, step, time in ms)
+        self._monitor = None
+
+    @property
+    def experiment(self):
+        if rank_zero_only.rank == 0 and not getattr(self, "_kind_set", False):
+            from mlflow import MlflowClient
+
+            self._kind_set = True  # created here (tagged) before Lightning looks it up
+            experiment_id(MlflowClient(self._tracking_uri), self._experiment_name)
+        return super().experiment
+
+    @rank_zero_only
+    def start_system_metrics(self, interval_s: float = 5.0, resume: bool = False) -> None:
+        """MLflow's system metrics (system/cpu_utilization_percentage, memory, disk, network;
+        GPU utilisation and memory when pynvml finds GPUs) every `interval_s` seconds, until the
+        run leaves RUNNING."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=interval_s,
+            resume_logging=resume,
+            tracking_uri=self._tracking_uri,
+        )
+        self._monitor.start()
+
+    def _stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            monitor.finish()
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:
@@ -185,4 +233,100 @@ class RunLogger(MLFlowLogger):
         if status == "RUNNING":
             self.experiment.update_run(self.run_id, status="RUNNING")
         else:
+            self._stop_system_metrics()
             self.experiment.set_terminated(self.run_id, status)
+
+
+def ui_hint(uri: str, logger: RunLogger) -> str:
+    """How to open the run in the MLflow UI (the command and the run's page)."""
+    store = (
+        f"--backend-store-uri {uri} " if uri.startswith(LOCAL_SCHEMES) or "://" not in uri else ""
+    )
+    page = f"http://127.0.0.1:5000/#/experiments/{logger.experiment_id}/runs/{logger.run_id}"
+    return f"open it: mlflow ui {store}-> {page}"
+
+
+def parameter_counts(student, teacher) -> dict[str, int]:
+    """Parameter counts of both models (params `model.*_parameters`)."""
+    return {
+        "model.student_parameters": sum(p.numel() for p in student.parameters()),
+        "model.student_trainable_parameters": sum(
+            p.numel() for p in student.parameters() if p.requires_grad
+        ),
+        "model.teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+    }
+
+
+def _prompt_text(prompt) -> str:
+    import json
+
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+
+
+@rank_zero_only
+def log_datasets(logger: RunLogger, data_cfg, datamodule) -> None:
+    """The train pool, validation and test prompt sets as MLflow dataset inputs (Datasets
+    column of the run list, with their digests), context tags train / validation / test."""
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for context, problems in (
+        ("train", datamodule.train_problems),
+        ("validation", datamodule.val_problems),
+        ("test", datamodule.test_problems),
+    ):
+        frame = pd.DataFrame(
+            {
+                "prompt": [_prompt_text(p.prompt) for p in problems],
+                "reference": [getattr(p, "reference", None) for p in problems],
+            }
+        )
+        dataset = mlflow.data.from_pandas(frame, name=f"{data_cfg.name}-{context}")
+        tag = InputTag(key="mlflow.data.context", value=context)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[tag]))
+    logger.experiment.log_inputs(logger.run_id, datasets=inputs)
+
+
+@rank_zero_only
+def log_student_model(logger: RunLogger, student_dir: Path) -> None:
+    """The trained student as an MLflow model named `student` (transformers flavour, task
+    text-generation: `mlflow.transformers.load_model(uri)` gives a generation pipeline). A LoRA
+    adapter folder (`model.student.lora.save=adapter`) is not a standalone model: it is logged
+    as the plain artifact folder `student/`."""
+    import logging
+
+    import mlflow
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    student_dir = Path(student_dir)
+    if (student_dir / "adapter_config.json").is_file():
+        logger.experiment.log_artifacts(logger.run_id, str(student_dir), "student")
+        return
+    quiet = logging.getLogger("mlflow.transformers")
+    level, quiet.level = quiet.level, logging.ERROR  # hub model card / licence lookups
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    mlflow.set_tracking_uri(logger._tracking_uri)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(student_dir)
+        tokenizer = AutoTokenizer.from_pretrained(student_dir)
+        mlflow.start_run(run_id=logger.run_id)
+        mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name="student",
+            task="text-generation",
+            pip_requirements=[
+                f"transformers=={transformers.__version__}",
+                f"torch=={torch.__version__.split('+')[0]}",
+            ],
+        )
+    finally:
+        quiet.level = level
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+        # leave the fluent run without ending it: the run's status is the experiment's to set
+        mlflow.end_run(status="RUNNING")

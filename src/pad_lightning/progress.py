@@ -1,0 +1,154 @@
+"""The terminal display of a run: one overall bar over epochs with its ETA, and the phase now
+running (generation, teacher scoring, calibration, training, validation, test) beside a spinner.
+
+On a terminal it is a live rich display; when output is piped or redirected nothing is redrawn
+(the periodic time lines of `callbacks.RolloutLogger`, which carry the ETA, stand in for it).
+Code that does long work marks it with `phase("...")`; that is a no-op without an active display.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from lightning.pytorch.callbacks import ProgressBar
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+_active: RunProgress | None = None
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Show `name` as the current phase while the block runs (nested phases restore the outer)."""
+    display = _active
+    if display is None:
+        yield
+        return
+    previous = display.phase_name
+    display.set_phase(name)
+    try:
+        yield
+    finally:
+        display.set_phase(previous)
+
+
+def eta_text(seconds: float) -> str:
+    """12s, 3m05s, 1h02m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class RunProgress(ProgressBar):
+    """Lightning progress bar replacement: epochs of the whole fit (not batches of one epoch),
+    the last training loss, validation exact match, and the current phase. No `v_num`."""
+
+    def __init__(self, console: Console | None = None, live: bool | None = None):
+        super().__init__()
+        self.console = console or Console()
+        self.live = self.console.is_terminal if live is None else live
+        self.phase_name = "starting"
+        self._progress: Progress | None = None
+        self._task = None
+        self._enabled = True
+        self._epoch_started = 0.0
+        self.epoch_seconds: list[float] = []
+
+    # -- lifecycle (the experiment opens and closes the display around all trainer calls) ----
+    def __enter__(self) -> RunProgress:
+        global _active
+        _active = self
+        if self.live:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("epochs"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("starting", total=None, info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _active
+        if _active is self:
+            _active = None
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    # -- what the display shows ----------------------------------------------------------------
+    def set_phase(self, name: str) -> None:
+        self.phase_name = name
+        if self._progress is not None:
+            self._progress.update(self._task, description=name)
+
+    def _info(self, trainer) -> str:
+        metrics = trainer.callback_metrics
+        parts = []
+        for key, label in (("train/loss", "loss"), ("val/exact_match", "val EM")):
+            if key in metrics:
+                parts.append(f"{label} {float(metrics[key]):.4f}")
+        return "  ".join(parts)
+
+    def eta_seconds(self, done: int, total: int) -> float | None:
+        """Mean epoch time of this process times the epochs left (None before one is done)."""
+        if not self.epoch_seconds:
+            return None
+        recent = self.epoch_seconds[-20:]
+        return sum(recent) / len(recent) * max(0, total - done)
+
+    # -- ProgressBar API -------------------------------------------------------------------------
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._task, total=trainer.max_epochs, completed=trainer.current_epoch
+            )
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_started = time.perf_counter()
+        self.set_phase(f"epoch {trainer.current_epoch + 1}: training")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, info=self._info(trainer))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
+        if self._progress is not None:
+            self._progress.update(
+                self._task, completed=trainer.current_epoch + 1, info=self._info(trainer)
+            )
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.set_phase("validation")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.set_phase(f"test ({'after' if trainer.global_step else 'before'} training)")
