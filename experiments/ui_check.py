@@ -10,6 +10,7 @@ system browser) and checks, from the rendered DOM, what a person would see:
             the DOM and as displayed (the name column truncates)
   compare   MLflow's compare-runs page for the child runs: every name, a parallel-coordinates plot
   charts    a child run's "Model metrics" tab: charts of train/loss and test/exact_match drawn
+  sweep charts  the run list's chart mode: the train/loss chart has a line per child run
   artifact  its Artifacts tab with plots/learning_curves.png selected and decoded by the browser
   rollouts  rollouts.json rendered as a table (Artifacts tab), and the experiment's evaluation
             (artifact compare) view of it
@@ -56,6 +57,8 @@ ML = "workflowType=machine_learning"
 GENAI_LINKS = ("/overview", "/chat-sessions", "/judges", "/evaluation-runs", "/playground")
 CHART_CARD = '[data-testid="experiment-view-compare-runs-card"]'
 REQUIRED_CHARTS = ("train/loss", "test/exact_match")
+# The charts the pictures show (the chart search box takes a regular expression).
+CHART_FILTER = "^(train/(loss|lr)|val/(loss|exact_match)|test/(loss|exact_match))$"
 PLOT = "plots/learning_curves.png"
 TABLE = "rollouts.json"
 TABLE_COLUMNS = ("epoch", "prompt", "response")
@@ -289,7 +292,7 @@ class UI:
 
     def view_kind(self) -> str:
         """'genai' or 'model training', from the experiment sidebar's links."""
-        self.page.wait_for_selector("aside nav a")
+        self.page.wait_for_selector("aside nav a", state="attached")
         hrefs = self.page.locator("aside a").evaluate_all(
             "els => els.map(e => e.getAttribute('href') || '')"
         )
@@ -313,7 +316,7 @@ def check_landing(ui: UI, sweep: Sweep, strict: bool) -> None:
     kind = ui.view_kind()
     # What it lands on: GenAI overview/traces, or the runs table.
     if kind == "model training":
-        page.wait_for_selector('input[name="runs-view-mode"]')
+        page.wait_for_selector('input[name="runs-view-mode"]', state="attached")
     else:
         page.wait_for_function("() => document.querySelector('main, #root').innerText.length > 200")
         page.wait_for_timeout(1500)  # its charts' "no data" placeholders
@@ -341,7 +344,7 @@ def check_runs(ui: UI, sweep: Sweep) -> None:
     print("runs: the experiment's run list, sweep parent expanded", flush=True)
     r, page = ui.report, ui.page
     ui.goto(f"/experiments/{sweep.exp_id}/runs?{ML}")
-    page.wait_for_selector('input[name="runs-view-mode"]')
+    page.wait_for_selector('input[name="runs-view-mode"]', state="attached")
     ui.expect_model_training("runs")
     ui.close_assistant()
     parent_row = f'.ag-pinned-left-cols-container [row-id="{sweep.parent_id}"]'
@@ -368,11 +371,8 @@ def check_runs(ui: UI, sweep: Sweep) -> None:
     top_level_children = child_ids & set(ids)
     expander = page.locator(f'{parent_row} button[data-component-id*="runnamecellrenderer"]')
     if not expander.count():
-        r.fail(
-            "runs", "the sweep's parent row has no expand button (its runs are not nested under it)"
-        )
-    if top_level_children and len(top_level_children) == len(child_ids) and not expander.count():
-        r.fail("runs", "the child runs are listed as top-level rows, not nested under the parent")
+        how = "its child runs are top-level rows" if top_level_children else "no child rows"
+        r.fail("runs", f"the sweep's parent row has no expand button ({how}): runs not nested")
     if expander.count() and not top_level_children:
         r.ok("runs", f"the parent {sweep.parent_name!r} is one collapsed row with an expand button")
         expander.first.click()
@@ -395,7 +395,7 @@ def check_runs(ui: UI, sweep: Sweep) -> None:
         p = by_id[sweep.parent_id]
         idx = sorted(by_id[c["id"]]["index"] for c in shown)
         contiguous = idx == list(range(p["index"] + 1, p["index"] + 1 + len(shown)))
-        indented = all(by_id[c["id"]]["left"] > p["left"] + 4 for c in shown)
+        indented = all((by_id[c["id"]]["left"] or 0) > (p["left"] or 0) + 4 for c in shown)
         if contiguous and indented:
             r.ok("runs", f"{len(shown)} child runs shown right below the parent, indented")
         else:
@@ -431,6 +431,7 @@ def check_runs(ui: UI, sweep: Sweep) -> None:
                 "runs",
                 f"the parent's name is displayed as {shown_parent!r} (full: {sweep.parent_name!r})",
             )
+    page.get_by_text("matching runs").first.click()  # no focus frame on the expanded cell
     ui.shot("02_runs_nested.png")
 
 
@@ -513,7 +514,7 @@ def check_charts(ui: UI, sweep: Sweep, run_id: str) -> None:
             points = max(t["n"] for t in traces)
             (r.warn if points < 2 else r.ok)("charts", f"chart {key}: {points} point(s)")
     # The picture: the headline charts together (the search box takes a regular expression).
-    search.fill("^(train/(loss|lr)|val/(loss|exact_match)|test/(loss|exact_match))$")
+    search.fill(CHART_FILTER)
     page.wait_for_timeout(500)
     ui.wait_js(
         "s => Array.from(document.querySelectorAll(s)).slice(0, 3)"
@@ -522,6 +523,45 @@ def check_charts(ui: UI, sweep: Sweep, run_id: str) -> None:
     )
     page.wait_for_timeout(500)
     ui.shot("04_run_charts.png")
+
+
+def check_sweep_charts(ui: UI, sweep: Sweep) -> None:
+    """The run list's chart mode: the sweep's runs overlaid, one line per child run."""
+    print("sweep charts: the experiment's chart view, the sweep's runs overlaid", flush=True)
+    r, page = ui.report, ui.page
+    ui.goto(f"/experiments/{sweep.exp_id}/runs?{ML}")
+    page.wait_for_selector('input[name="runs-view-mode"]', state="attached")
+    ui.close_assistant()
+    page.locator('label:has(input[name="runs-view-mode"][value="CHART"])').click()
+    page.wait_for_selector(CHART_CARD)
+    # The chart view draws the runs the run list shows: expand the sweep so its children count.
+    child = f'[row-id="{sweep.child_ids[0]}"]'
+    expander = page.locator(
+        f'[row-id="{sweep.parent_id}"] button[data-component-id*="runnamecellrenderer"]'
+    )
+    if not page.locator(child).count() and expander.count():
+        expander.first.click()
+        ui.wait_js("s => !!document.querySelector(s)", child)
+    page.get_by_placeholder("Search metric charts").fill(CHART_FILTER)
+    key = REQUIRED_CHARTS[0]
+    ui.wait_js(
+        f"a => {{ const t = ({JS_CHART_TRACES})(a); return t && t.length >= {len(sweep.children)}; }}",
+        [CHART_CARD, key],
+    )
+    traces = chart_data(page, key) or []
+    lines = [t for t in traces if t["n"] > 0]
+    names = {c["name"] for c in sweep.children}
+    drawn = [n for n in names for t in lines if t["name"] == n or t["name"].startswith(n + " (")]
+    if len(set(drawn)) < len(names):
+        r.fail(
+            "sweep charts",
+            f"the {key} chart draws {len(set(drawn))} of the sweep's {len(names)} runs "
+            f"(lines: {[t['name'] for t in lines]})",
+        )
+    else:
+        r.ok("sweep charts", f"the {key} chart draws all {len(names)} child runs")
+    page.wait_for_timeout(1000)
+    ui.shot("04b_sweep_charts.png")
 
 
 def check_artifacts(ui: UI, sweep: Sweep, run_id: str) -> None:
@@ -565,7 +605,7 @@ def check_artifacts(ui: UI, sweep: Sweep, run_id: str) -> None:
     except Exception:
         pass
     headers = [h.strip() for h in page.locator("table th, [role=columnheader]").all_inner_texts()]
-    rows = page.locator("table tbody tr, [role=row]").count()
+    rows = page.locator("[role=table] [role=row]:not(.table-isHeader), table tbody tr").count()
     missing = [c for c in TABLE_COLUMNS if c not in headers]
     if not headers:
         r.fail("rollouts", f"{TABLE} is not shown as a table in the Artifacts tab")
@@ -584,27 +624,45 @@ def check_evaluation_view(ui: UI, sweep: Sweep) -> None:
     print(f"rollouts: the experiment's evaluation (artifact compare) view of {TABLE}", flush=True)
     r, page = ui.report, ui.page
     ui.goto(f"/experiments/{sweep.exp_id}/runs?{ML}")
-    page.wait_for_selector('input[name="runs-view-mode"]')
+    page.wait_for_selector('input[name="runs-view-mode"]', state="attached")
     ui.close_assistant()
     page.locator('label:has(input[name="runs-view-mode"][value="ARTIFACT"])').click()
-    try:
-        page.wait_for_selector(f"text=Table: {TABLE}", timeout=min(ui.timeout, 30000))
-        page.wait_for_selector("text=/^Group by: /", timeout=min(ui.timeout, 15000))
-    except Exception:
-        r.warn("rollouts", f"the evaluation view does not offer {TABLE}")
-        ui.shot("07_rollouts_evaluation.png")
-        return
-    page.wait_for_timeout(1500)
-    text = page.inner_text("body")
-    group = next((ln for ln in text.splitlines() if ln.startswith("Group by: ")), "")
-    compare = next((ln for ln in text.splitlines() if ln.startswith("Compare: ")), "")
-    r.ok("rollouts", f"evaluation view offers {TABLE} ({group}, {compare})")
-    if group.removeprefix("Group by: ").strip() == "epoch":
+    # Its selectors read "Table: <name>", "Group by: <columns>", "Compare: <column>".
+    js_state = """() => {
+      const t = document.body.innerText.split('\\n').map(s => s.trim());
+      const after = k => { const i = t.indexOf(k); return i >= 0 ? t[i + 1] : null; };
+      return {table: after('Table:'), group: after('Group by:'), compare: after('Compare:')};
+    }"""
+    ui.wait_js(
+        f"() => {{ const s = ({js_state})(); return s.table && s.group && s.compare; }}",
+        None,
+        30000,
+    )
+    page.wait_for_timeout(1500)  # the table's cells
+    state = page.evaluate(js_state)
+    if state["table"] != TABLE:
+        r.fail(
+            "rollouts",
+            f"the evaluation view does not show {TABLE} (its table selector: {state['table']!r})",
+        )
+    else:
+        r.ok(
+            "rollouts",
+            f"evaluation view shows {TABLE}: group by {state['group']!r}, compare {state['compare']!r}",
+        )
+        if state["group"] == "epoch":
+            r.warn(
+                "rollouts",
+                f"the evaluation view groups {TABLE} by its first column, 'epoch': one row per "
+                f"epoch showing only the first {state['compare']!r} of it (MLflow groups by the first "
+                "column and compares the column named 'output', else the first other one)",
+            )
+    # The parent's name: once in the run list, once more as a column of the evaluation table.
+    parent_shown = page.get_by_text(sweep.parent_name, exact=True).count() >= 2
+    if parent_shown and page.get_by_text("(empty)", exact=True).count():
         r.warn(
             "rollouts",
-            f"the evaluation view groups {TABLE} by its first column 'epoch' and shows one "
-            "row per epoch (the first value only); MLflow groups by the first column and compares "
-            "the 'output' column, else the next one",
+            "the sweep's parent run (no table logged) takes a column of the evaluation view, '(empty)'",
         )
     ui.shot("07_rollouts_evaluation.png")
 
@@ -687,6 +745,7 @@ def main() -> int:
                             ("runs", lambda: check_runs(ui, sweep)),
                             ("compare", lambda: check_compare(ui, sweep)),
                             ("charts", lambda: check_charts(ui, sweep, run_id)),
+                            ("sweep charts", lambda: check_sweep_charts(ui, sweep)),
                             ("artifact", lambda: check_artifacts(ui, sweep, run_id)),
                             ("rollouts", lambda: check_evaluation_view(ui, sweep)),
                         ]:

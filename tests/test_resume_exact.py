@@ -19,8 +19,16 @@ import mlflow
 import pytest
 
 pytestmark = pytest.mark.slow
-UNTIMED = ("time/", "throughput/", "memory/")
+UNTIMED = ("time/", "throughput/", "memory/", "system/")
 EPOCHS = 3  # smoke: 2 optimizer steps per epoch, validation every 2 epochs
+
+
+def rollout_table(root: Path, run_dir: Path) -> list[dict]:
+    from pad_lightning.plots import rollouts_from_mlflow
+
+    run_id = json.loads((run_dir / "run_state.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    return rollouts_from_mlflow(client, run_id)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +98,7 @@ def test_same_seed_twice_gives_identical_metrics(world, reference):
 
 @pytest.mark.parametrize(
     "fault",
-    ["rollout:3", "step:4", "checkpoint_write:2", "checkpoint_saved:2", "final_eval:1"],
+    ["rollout:3", "step:4", "checkpoint_write:3", "checkpoint_saved:2", "final_eval:1"],
     ids=[
         "during-rollout",
         "during-step",
@@ -114,6 +122,8 @@ def test_killed_anywhere_resumes_to_the_uninterrupted_result(world, reference, f
     assert sorted(metrics) == sorted(reference)
     for key, points in reference.items():
         assert metrics[key] == points, key  # every step once, the same values
+    # the rollout table: each logged epoch's rows once (rows of a redone epoch are replaced)
+    assert rollout_table(world, run_dir) == rollout_table(world, world / "reference")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed"] is True
     assert (

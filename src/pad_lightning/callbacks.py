@@ -141,6 +141,25 @@ class RolloutLogger(L.Callback):
         self._training = self._validation = 0.0
         self._training_tokens = 0
 
+    def on_train_start(self, trainer, pl_module):
+        if trainer.current_epoch > 0 and trainer.is_global_zero:  # resumed from a checkpoint
+            self._drop_table_rows_from(trainer, trainer.current_epoch)
+
+    def _drop_table_rows_from(self, trainer, epoch: int) -> None:
+        """Rows a stopped process logged for epochs that the resumed run makes again."""
+        from .plots import rollouts_from_mlflow
+
+        logger = trainer.logger
+        if logger is None or not hasattr(logger, "experiment"):
+            return
+        rows = rollouts_from_mlflow(logger.experiment, logger.run_id, ROLLOUT_TABLE)
+        if rows is None or all(r["epoch"] < epoch for r in rows):
+            return
+        kept = [r for r in rows if r["epoch"] < epoch]
+        columns = list(rows[0])
+        table = {"columns": columns, "data": [[r[c] for c in columns] for r in kept]}
+        logger.experiment.log_dict(logger.run_id, table, ROLLOUT_TABLE)
+
     def on_train_epoch_start(self, trainer, pl_module):
         self._epoch_start = time.perf_counter()
         # Per-epoch values are logged at the step where the epoch began: the rollout statistics

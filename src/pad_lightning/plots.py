@@ -223,7 +223,10 @@ def before_after(history: History, metrics: Sequence[str] = BEFORE_AFTER_METRICS
         ax.axhline(0, color="black", lw=0.6)
         low, high = min(before, after, 0.0), max(before, after, 0.0)
         pad = 0.18 * (high - low or 1.0)
-        ax.set_ylim(low - (pad if low < 0 else 0), high + (pad if high > 0 else 0))
+        if high == low:  # both 0: a unit axis above the zero line
+            ax.set_ylim(0.0, 1.0)
+        else:
+            ax.set_ylim(low - (pad if low < 0 else 0), high + (pad if high > 0 else 0))
         ax.grid(axis="y", alpha=0.3)
     for ax in axes[len(pairs) :]:
         ax.set_visible(False)

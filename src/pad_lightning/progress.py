@@ -61,6 +61,7 @@ class RunProgress(ProgressBar):
         self.console = console or Console()
         self.live = self.console.is_terminal if live is None else live
         self.phase_name = "starting"
+        self._stage = ""  # "test (before training): ", "validation: " or "" (training)
         self._progress: Progress | None = None
         self._task = None
         self._enabled = True
@@ -71,23 +72,31 @@ class RunProgress(ProgressBar):
     def __enter__(self) -> RunProgress:
         global _active
         _active = self
-        if self.live:
-            self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("epochs"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=self.console,
-                transient=False,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("starting", total=None, info="")
         return self
+
+    def _start(self) -> None:
+        """Start drawing (at the first trainer call: after Lightning's start-up lines, which
+        would otherwise be printed into the middle of the bar)."""
+        if not self.live or self._progress is not None:
+            return
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epochs"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(self.phase_name, total=None, info="")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._start()
 
     def __exit__(self, *exc) -> None:
         global _active
@@ -101,7 +110,7 @@ class RunProgress(ProgressBar):
     def set_phase(self, name: str) -> None:
         self.phase_name = name
         if self._progress is not None:
-            self._progress.update(self._task, description=name)
+            self._progress.update(self._task, description=self._stage + name)
 
     def _info(self, trainer) -> str:
         metrics = trainer.callback_metrics
@@ -133,7 +142,8 @@ class RunProgress(ProgressBar):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_started = time.perf_counter()
-        self.set_phase(f"epoch {trainer.current_epoch + 1}: training")
+        self._stage = ""
+        self.set_phase("training")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._progress is not None:
@@ -147,8 +157,17 @@ class RunProgress(ProgressBar):
             )
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self.set_phase("validation")
+        self._stage = "validation: "
+        self.set_phase("")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._stage = ""
+        self.set_phase("training")
 
     def on_test_start(self, trainer, pl_module) -> None:
-        self.set_phase(f"test ({'after' if trainer.global_step else 'before'} training)")
+        self._stage = f"test ({'after' if trainer.global_step else 'before'} training): "
+        self.set_phase("")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._stage = ""
+        self.set_phase("")
