@@ -496,7 +496,7 @@ def check_charts(ui: UI, sweep: Sweep, run_id: str) -> None:
     sections = page.locator(
         '[data-testid="experiment-view-compare-runs-section-header"]'
     ).all_inner_texts()
-    sections = [" ".join(s.split()) for s in sections]
+    sections = [" ".join(s.split()).removesuffix(" Add chart") for s in sections]
     r.ok("charts", f"chart sections, top to bottom: {sections}")
     search = page.get_by_placeholder("Search metric charts")
     for key in REQUIRED_CHARTS:
@@ -592,6 +592,8 @@ def check_artifacts(ui: UI, sweep: Sweep, run_id: str) -> None:
             "artifact",
             f"{PLOT} renders ({info['w']}x{info['h']}, shown {info['shown']:.0f} px wide)",
         )
+    with contextlib.suppress(Exception):  # selecting the file scrolls the tree: back to its top
+        page.get_by_text(folder, exact=True).first.scroll_into_view_if_needed(timeout=3000)
     ui.shot("05_artifact_plot.png")
 
     print(f"rollouts: {TABLE} in the Artifacts tab", flush=True)

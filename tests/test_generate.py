@@ -208,7 +208,8 @@ def test_cli_subprocess(student_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def mlflow_runs(student_dir, tmp_path_factory):
-    """Three runs in a temp sqlite store: local run_dir, artifact only, no student at all."""
+    """Four runs in a temp sqlite store: local run_dir, artifact only, MLflow model only (as
+    `pad_lightning.run` logs it), no student at all."""
     import mlflow
 
     root = tmp_path_factory.mktemp("mlflow")
@@ -216,7 +217,7 @@ def mlflow_runs(student_dir, tmp_path_factory):
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("gen", artifact_location=(root / "artifacts").as_uri())
     ids = {}
-    for kind in ("local", "artifact", "none"):
+    for kind in ("local", "artifact", "model", "none"):
         run_dir = root / kind
         run_dir.mkdir()
         if kind == "local":
@@ -229,6 +230,13 @@ def mlflow_runs(student_dir, tmp_path_factory):
             if kind == "artifact":
                 mlflow.log_artifacts(str(student_dir), "student")
             ids[kind] = run.info.run_id
+        if kind == "model":
+            from types import SimpleNamespace
+
+            from pad_lightning.tracking import log_student_model
+
+            logger = SimpleNamespace(run_id=ids[kind], _tracking_uri=uri)
+            log_student_model(logger, student_dir)
     mlflow.set_tracking_uri(None)
     return uri, ids, root
 
@@ -255,13 +263,32 @@ def test_run_downloads_student_artifact_and_exports(mlflow_runs, loaded, tmp_pat
     assert "wrote 2 alpaca_eval answers" in capsys.readouterr().out
 
 
+def test_run_loads_the_logged_mlflow_model(mlflow_runs, loaded, tmp_path):
+    uri, ids, _ = mlflow_runs
+    path = resolve_run_student(ids["model"], uri, tmp_path / "dl")
+    assert path.is_relative_to(tmp_path / "dl")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    for name, value in loaded[0].state_dict().items():  # the same weights
+        assert torch.equal(value, model.state_dict()[name]), name
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps(ALPACA[:2]))
+    out = tmp_path / "outputs.json"
+    main(
+        ["--run", ids["model"], "--tracking-uri", uri, "--format", "alpaca_eval"]
+        + ["--questions", str(questions), "--out", str(out), "--max-new-tokens", str(MAX_NEW)]
+    )
+    records = json.loads(out.read_text())
+    assert [r["output"] for r in records] == greedy(loaded, [q["instruction"] for q in ALPACA[:2]])
+
+
 def test_run_errors(mlflow_runs, tmp_path):
     uri, ids, root = mlflow_runs
     questions = tmp_path / "q.json"
     questions.write_text(json.dumps(ALPACA))
     base = ["--format", "alpaca_eval", "--questions", str(questions), "--out", str(tmp_path / "o")]
     message = error_of(lambda: main(["--run", ids["none"], "--tracking-uri", uri, *base]))
-    assert f"--run {ids['none']}: no student" in message and "'student' artifact" in message
+    assert f"--run {ids['none']}: no student" in message
+    assert "'student' model or artifact" in message
     message = error_of(lambda: main(["--run", "0" * 32, "--tracking-uri", uri, *base]))
     assert "no such MLflow run" in message
     missing_db = f"sqlite:///{root}/nothing.db"

@@ -239,6 +239,19 @@ def test_run_name_and_tags_say_what_the_run_is():
     overrides = ["loss=vpd", "n=4", "seed=1", "logger.tracking_uri=sqlite:///x.db", "+extra=1"]
     assert run_name(overrides) == "loss=vpd,n=4,seed=1,+extra=1"
     assert run_name(["hydra.run.dir=/x"]) == "default"
-    tags = run_tags(overrides, {"dir": "/sweeps/a", "job": 3})
+    # a job of a sweep is named by its swept overrides (the shared ones name the sweep)
+    assert run_name(overrides, swept=["n", "seed"]) == "n=4,seed=1"
+    tags = run_tags(
+        overrides, {"dir": "/sweeps/a", "job": 3, "parent_run_id": "p1", "swept": ["n"]}
+    )
     assert tags["override.loss"] == "vpd" and tags["override.extra"] == "1"
     assert tags["sweep.dir"] == "/sweeps/a" and tags["sweep.job"] == "3"
+    assert tags["mlflow.parentRunId"] == "p1" and tags["sweep.swept"] == "n"
+    assert tags["mlflow.note.content"] == f"`python -m pad_lightning.run {' '.join(overrides)}`"
+
+
+def test_swept_keys_are_the_keys_a_sweep_varies():
+    from pad_lightning.sweep import swept_keys
+
+    overrides = ["experiment=smoke", "n=2,4", "seed=range(3)", "loss=choice(ppd,vpd)", "+x=1"]
+    assert swept_keys(overrides) == ["n", "seed", "loss"]

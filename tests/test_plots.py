@@ -37,7 +37,7 @@ def fake_history() -> dict[str, list[tuple[int, float]]]:
     h["train/loss"] = [(s, 0.2 * math.exp(-s / 10) + 0.01 * (s % 3)) for s in range(1, STEPS + 1)]
     h["train/lr"] = [(s, 1e-3) for s in range(1, STEPS + 1)]
     for part, base in PARTS.items():
-        h[f"time/{part}_s"] = [(s, base + 0.001 * s) for s in range(1, STEPS + 1)]
+        h[f"system/time/{part}_s"] = [(s, base + 0.001 * s) for s in range(1, STEPS + 1)]
     h["rollout/sample_quality"] = [(s, 0.5 + 0.01 * s) for s in range(1, STEPS + 1)]
     h["rollout/distinct_fraction"] = [(s, 0.9 - 0.01 * s) for s in range(1, STEPS + 1)]
     return h

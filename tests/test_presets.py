@@ -291,7 +291,7 @@ def test_preset_run_logs_the_preset_params_and_per_epoch_times(preset_run):
     assert params["rollout.prompts_per_epoch"] == "4"  # the size override was applied
     run_id = preset_run.run.info.run_id
     for part in ("generation", "teacher_scoring", "calibration", "training", "other"):
-        history = preset_run.client.get_metric_history(run_id, f"time/{part}_s")
+        history = preset_run.client.get_metric_history(run_id, f"system/time/{part}_s")
         assert len({m.step for m in history}) == 2, part  # one value per epoch
         assert all(m.value >= 0 for m in history)
     assert len(preset_run.client.get_metric_history(run_id, "train/loss")) == 2

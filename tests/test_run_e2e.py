@@ -101,7 +101,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(smoke_run):
     assert _steps(client, run_id, "train/loss") == [0, 1, 2, 3, 4, 5]
     lrs = [m.value for m in client.get_metric_history(run_id, "train/lr")]
     assert len(lrs) == 6 and lrs[0] < lrs[-1]  # warm-up
-    for key in ("rollout/distinct_fraction", "time/generation_s", "time/training_s"):
+    for key in ("rollout/distinct_fraction", "system/time/generation_s", "system/time/training_s"):
         assert _steps(client, run_id, key) == [0, 2, 4], key  # at each epoch's first step
     # test/*: one series, before (step 0) and after (last step), equal to the summary
     for name in ("exact_match", "teacher_reward", "kendall_tau"):
@@ -239,8 +239,8 @@ def test_multirun_is_one_parent_run_with_named_tagged_children_and_a_table(tmp_p
     parent_id = json.loads((sweep / "mlflow_parent.json").read_text())["run_id"]
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
-    assert parent.info.run_name == (
-        "sweep: experiment=smoke trainer.max_epochs=1 n=2,4 loss=ppd,vpd"
+    assert (
+        parent.info.run_name == "sweep: n=2,4 loss=ppd,vpd (experiment=smoke trainer.max_epochs=1)"
     )
     assert parent.data.tags["sweep.dir"] == str(sweep)
     logged = {a.path for a in client.list_artifacts(parent_id, "compare")}
@@ -251,11 +251,10 @@ def test_multirun_is_one_parent_run_with_named_tagged_children_and_a_table(tmp_p
     assert {json.loads(s.read_text())["mlflow_run_id"] for s in summaries} == {
         c.info.run_id for c in children
     }
-    # names say what each run is (not one RNG-drawn name for all)
+    # names say what each run is (not one RNG-drawn name for all): the swept overrides, which
+    # fit in the run list's name column (the shared ones are in the sweep's name and the tags)
     assert sorted(c.info.run_name for c in children) == [
-        f"experiment=smoke,trainer.max_epochs=1,n={n},loss={loss}"
-        for n in (2, 4)
-        for loss in ("ppd", "vpd")
+        f"n={n},loss={loss}" for n in (2, 4) for loss in ("ppd", "vpd")
     ]
     for c in children:
         tags = c.data.tags
@@ -264,6 +263,8 @@ def test_multirun_is_one_parent_run_with_named_tagged_children_and_a_table(tmp_p
         assert tags["override.loss"] == c.data.params["loss.name"]
         assert tags["sweep.dir"] == str(sweep)
         assert tags["sweep.job"] in ("0", "1", "2", "3")
+        assert tags["sweep.swept"] == "n,loss"
+        assert tags["override.experiment"] == "smoke"
         assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] in (
             "true",
             "false",
@@ -414,7 +415,7 @@ def test_iterative_decomposition_makes_n_over_k_rollouts_per_epoch(tmp_path):
     # n = 4 as 2 rounds of 2 samples: 2 x 2 optimizer steps per epoch (8 prompts, batches of 4)
     assert len(client.get_metric_history(run_.info.run_id, "train/loss")) == 2 * 2 * 2
     assert run_.data.params["decomposition.name"] == "iterative"
-    assert run_.data.metrics["tokens/calibration"] > 0  # pairwise MCQs over each round's 2
+    assert run_.data.metrics["system/tokens/calibration"] > 0  # pairwise MCQs over each round's 2
 
 
 def test_ddp_on_two_cpu_processes_writes_one_summary_into_one_mlflow_run(tmp_path):

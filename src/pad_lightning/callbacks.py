@@ -23,11 +23,13 @@ def peak_memory_mb() -> dict[str, float]:
 
 
 ROLLOUT_TABLE = "rollouts.json"
+# prompt first and response second: MLflow's evaluation view groups a table by its first column
+# and compares the next, i.e. the responses to each prompt across epochs and runs
 TABLE_COLUMNS = (
-    "epoch",
     "prompt",
-    "reference",
     "response",
+    "epoch",
+    "reference",
     "q",
     "teacher_reward",
     "log_p_sel",
@@ -87,6 +89,16 @@ def rollout_rows(roll, problems: list, module, epoch: int, prompts: int) -> dict
             rows["teacher_rank"].append(int(t_rank[i, j]))
             rows["student_rank"].append(int(s_rank[i, j]))
     return rows
+
+
+# The time breakdown, tokens, throughput and memory go to MLflow under system/ (MLflow's System
+# metrics tab), which leaves the model-metrics tab to learning: rollout/, test/, train/, val/.
+SYSTEM_PREFIXES = ("time/", "tokens/", "throughput/", "memory/")
+
+
+def mlflow_key(key: str) -> str:
+    """The MLflow name of a per-epoch statistic (`time/generation_s` -> `system/time/...`)."""
+    return f"system/{key}" if key.startswith(SYSTEM_PREFIXES) else key
 
 
 PARTS = ("generation", "teacher_scoring", "calibration", "training", "validation", "other")
@@ -202,7 +214,8 @@ class RolloutLogger(L.Callback):
             return
         if trainer.logger is not None:
             trainer.logger.log_metrics(
-                {k: v for k, v in stats.items() if k != "epoch"}, step=self._epoch_start_step
+                {mlflow_key(k): v for k, v in stats.items() if k != "epoch"},
+                step=self._epoch_start_step,
             )
         last = epoch + 1 >= trainer.max_epochs
         if dm.epoch_stats and self.table_every and (epoch % self.table_every == 0 or last):

@@ -186,7 +186,7 @@ def run_experiment(
     logger = RunLogger(
         experiment_name=cfg.logger.experiment_name,
         tracking_uri=cfg.logger.tracking_uri,
-        run_name=cfg.logger.run_name or run_name(state["overrides"]),
+        run_name=cfg.logger.run_name or run_name(state["overrides"], (sweep or {}).get("swept")),
         tags=None if resuming else run_tags(state["overrides"], sweep),
         run_id=state.get("mlflow_run_id"),
     )

@@ -37,6 +37,7 @@ BEFORE_AFTER_METRICS = (
     "loss",
     "answer_length",
 )
+TIME_PREFIX = "system/time/"  # the per-epoch time breakdown as logged (callbacks.mlflow_key)
 TIME_PARTS = ("generation", "teacher_scoring", "calibration", "training", "validation", "other")
 BEFORE_COLOR, AFTER_COLOR = "#9e9e9e", "#1f77b4"
 
@@ -237,17 +238,19 @@ def before_after(history: History, metrics: Sequence[str] = BEFORE_AFTER_METRICS
 
 
 def epoch_time(history: History) -> Figure | None:
-    """Stacked bars of the time/<part>_s metrics, one bar per epoch."""
-    parts = [p for p in TIME_PARTS if _series(history, f"time/{p}_s")[0]]
+    """Stacked bars of the system/time/<part>_s metrics, one bar per epoch."""
+    parts = [p for p in TIME_PARTS if _series(history, f"{TIME_PREFIX}{p}_s")[0]]
     extra = sorted(
-        k[len("time/") : -len("_s")]
+        k[len(TIME_PREFIX) : -len("_s")]
         for k in history
-        if k.startswith("time/") and k.endswith("_s") and k[5:-2] not in TIME_PARTS
+        if k.startswith(TIME_PREFIX)
+        and k.endswith("_s")
+        and k[len(TIME_PREFIX) : -2] not in TIME_PARTS
     )
-    parts += [p for p in extra if _series(history, f"time/{p}_s")[0]]
+    parts += [p for p in extra if _series(history, f"{TIME_PREFIX}{p}_s")[0]]
     if not parts:
         return None
-    steps = sorted({s for p in parts for s in _series(history, f"time/{p}_s")[0]})
+    steps = sorted({s for p in parts for s in _series(history, f"{TIME_PREFIX}{p}_s")[0]})
     index = {s: i for i, s in enumerate(steps)}
     epochs = list(range(len(steps)))
     fig = _new_figure(9, 4.2)
@@ -256,7 +259,7 @@ def epoch_time(history: History) -> Figure | None:
     cmap = matplotlib.colormaps["tab10"]
     for i, part in enumerate(parts):
         heights = [0.0] * len(steps)
-        for s, v in zip(*_series(history, f"time/{part}_s"), strict=True):
+        for s, v in zip(*_series(history, f"{TIME_PREFIX}{part}_s"), strict=True):
             heights[index[s]] += v
         ax.bar(
             epochs,

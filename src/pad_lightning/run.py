@@ -137,6 +137,7 @@ def main(cfg: DictConfig) -> None:
         parent = parent_info(sweep["dir"])
         if parent is not None:
             sweep["parent_run_id"] = parent["run_id"]
+            sweep["swept"] = parent.get("swept", [])
 
     def fail(message: str) -> None:
         """End this run with one line; in a sweep, note the failed job and go on to the next."""

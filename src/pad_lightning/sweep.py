@@ -3,7 +3,8 @@
 Hydra calls `MlflowSweep` (conf/hydra/default.yaml, `hydra.callbacks`) in the launching process:
 
 * at the start of a multirun it creates the parent run (named after the sweep's overrides,
-  e.g. `sweep: loss=ppd,vpd n=2,4`) and writes `<sweep dir>/mlflow_parent.json`; every job
+  the swept ones first: `sweep: n=2,4 loss=ppd,vpd (experiment=smoke)`) and writes
+  `<sweep dir>/mlflow_parent.json`; every job
   reads that file and creates its run with the tag `mlflow.parentRunId`, so the MLflow UI shows
   the jobs nested under the sweep (one click expands or collapses it). The file, not process
   state, carries the id, so launchers that run jobs in other processes or hosts work the same.
@@ -42,6 +43,14 @@ def record_failure(job: int, overrides: list[str], message: str) -> None:
     print(f"job {line}", file=sys.stderr, flush=True)
 
 
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a sweep varies (`n=2,4`, `seed=range(3)`, `loss=choice(ppd,vpd)`), in order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
 
@@ -64,7 +73,13 @@ class MlflowSweep(Callback):
     """Hydra callback: the MLflow parent run of a multirun (see the module docstring)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from .tracking import NOT_NAMING, absolute_tracking_uri, experiment_id, run_tags
+        from .tracking import (
+            NOT_NAMING,
+            absolute_tracking_uri,
+            experiment_id,
+            override_key,
+            run_tags,
+        )
 
         _failures.clear()
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
@@ -83,9 +98,18 @@ class MlflowSweep(Callback):
                 + f"`; its jobs are the nested runs. Directory: {sweep_dir}",
             }
         )
-        name = "sweep: " + (" ".join(o for o in overrides if not o.startswith(NOT_NAMING)) or "-")
+        swept = swept_keys(overrides)
+        named = [o for o in overrides if not o.lstrip("+~").startswith(NOT_NAMING)]
+        varying = [o for o in named if override_key(o) in swept]
+        shared = [o for o in named if override_key(o) not in swept]
+        name = "sweep: " + " ".join(varying) + (f" ({' '.join(shared)})" if shared else "")
         run = client.create_run(exp_id, run_name=name[:250], tags=tags)
-        info = {"run_id": run.info.run_id, "tracking_uri": uri, "experiment_id": exp_id}
+        info = {
+            "run_id": run.info.run_id,
+            "tracking_uri": uri,
+            "experiment_id": exp_id,
+            "swept": swept,
+        }
         (sweep_dir / PARENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
         print(
             f"sweep {sweep_dir}: MLflow parent run {run.info.run_id} ({name})",

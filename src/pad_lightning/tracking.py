@@ -84,11 +84,19 @@ def tracking_problem(uri: str) -> str | None:
 NOT_NAMING = ("hydra.", "logger.", "resume=")  # overrides that say where, not what, a run is
 
 
-def run_name(overrides: list[str]) -> str:
-    """A name that says what the run is: its overrides (`loss=vpd,n=4,seed=1`), or `default`.
+def override_key(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
+
+
+def run_name(overrides: list[str], swept: list[str] | None = None) -> str:
+    """A name that says what the run is: its overrides (`loss=vpd,n=4,seed=1`), or `default`;
+    for a job of a sweep only the swept ones (`n=2,loss=ppd`: the overrides all jobs share are
+    in the sweep's name, and MLflow's run list shows about 25 characters of a name).
     (Lightning would let MLflow draw a random name, after the global RNG was seeded: every run
     got the same one.)"""
     parts = [o for o in overrides if not o.lstrip("+~").startswith(NOT_NAMING)]
+    if swept:
+        parts = [o for o in parts if override_key(o) in swept] or parts
     return (",".join(parts) or "default")[:250]
 
 
@@ -106,6 +114,8 @@ def run_tags(overrides: list[str], sweep: dict | None = None) -> dict[str, str]:
         for key, value in sweep.items():
             if key == "parent_run_id":
                 tags["mlflow.parentRunId"] = str(value)
+            elif key == "swept":
+                tags["sweep.swept"] = ",".join(value)
             else:
                 tags[f"sweep.{key}"] = str(value)
     tags.update(_git_tags())
@@ -238,11 +248,16 @@ class RunLogger(MLFlowLogger):
 
 
 def ui_hint(uri: str, logger: RunLogger) -> str:
-    """How to open the run in the MLflow UI (the command and the run's page)."""
+    """How to open the run in the MLflow UI: the command, and the experiment's run list in the
+    model-training view (MLflow 3.17's UI ignores the experiment-kind tag and opens experiments
+    in its GenAI view unless the page asks for `workflowType=machine_learning`)."""
     store = (
         f"--backend-store-uri {uri} " if uri.startswith(LOCAL_SCHEMES) or "://" not in uri else ""
     )
-    page = f"http://127.0.0.1:5000/#/experiments/{logger.experiment_id}/runs/{logger.run_id}"
+    page = (
+        f"http://127.0.0.1:5000/#/experiments/{logger.experiment_id}/runs"
+        "?workflowType=machine_learning"
+    )
     return f"open it: mlflow ui {store}-> {page}"
 
 
