@@ -197,18 +197,20 @@ def test_carried_metrics_are_written_once(tmp_path):
     logger = RunLogger(experiment_name="t", tracking_uri=uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     logger.hold_metrics = True
-    logger.log_metrics({"train/loss": 1.0, "epoch": 0}, step=0)
+    logger.log_metrics({"train/loss": 1.0, "val/loss": 2.0}, step=0)
     time.sleep(0.01)
-    logger.log_metrics({"epoch": 0}, step=0)  # a key logged twice at one step stays twice
+    logger.log_metrics({"val/loss": 2.0}, step=0)  # a key logged twice at one step stays twice
     carried = logger.held()
     assert logger.commit_carried(carried, commit_id=2)  # the stopped process never committed
     assert not logger.commit_carried(carried, commit_id=2)  # already written: nothing again
-    assert len(client.get_metric_history(logger.run_id, "epoch")) == 2
+    assert len(client.get_metric_history(logger.run_id, "val/loss")) == 2
     logger.log_metrics({"train/loss": 0.5}, step=2)
     logger.commit(commit_id=4)  # a normal commit also records its checkpoint
     assert not logger.commit_carried(logger.held(), commit_id=4)
     assert client.get_run(logger.run_id).data.tags["pad_lightning.committed_step"] == "4"
     assert [m.step for m in client.get_metric_history(logger.run_id, "train/loss")] == [0, 2]
+    logger.log_metrics({"epoch": 3}, step=6)  # Lightning's epoch counter: not logged
+    assert "epoch" not in client.get_run(logger.run_id).data.metrics
 
 
 def test_resume_prefers_a_newer_checkpoint_than_the_link(tmp_path):

@@ -186,6 +186,10 @@ class RunLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:
+        # Lightning adds `epoch` to every logged dict: a lone chart, redundant with the step axis
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        if not metrics:
+            return
         if self.hold_metrics:
             self._held.append((dict(metrics), step, int(time.time() * 1000)))
         else:
