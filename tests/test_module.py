@@ -215,3 +215,33 @@ def test_rounds_cover_the_pool_once_before_repeating(tok):
     # DDP: two ranks split one round's window without overlap
     a, b = dm.round_problems(0, 0, 2), dm.round_problems(0, 1, 2)
     assert len(a) == len(b) == 8 and not {p.prompt for p in a} & {p.prompt for p in b}
+
+
+@pytest.mark.parametrize("validate", [False, True])
+def test_evaluation_never_changes_the_training_stream(tok, validate):
+    """Validating (before the fit and after every epoch) leaves the rollouts and the trained
+    weights exactly as without it: evaluation samples from its own seeded stream, and its data
+    loaders draw their worker seeds from their own generators, not the global RNG."""
+    results = []
+    for with_eval in (False, validate):
+        module, dm, _ = _setup(tok, epochs=2)
+        trainer = L.Trainer(
+            max_epochs=2,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            reload_dataloaders_every_n_epochs=1,
+            check_val_every_n_epoch=1,
+            limit_val_batches=None if with_eval else 0,
+            num_sanity_val_steps=0,
+        )
+        L.seed_everything(0, verbose=False)
+        if with_eval:
+            before = torch.get_rng_state()
+            trainer.validate(module, datamodule=dm, verbose=False)
+            assert torch.equal(torch.get_rng_state(), before)
+        trainer.fit(module, datamodule=dm)
+        results.append((_checksum(module.student), dm.last_rollout.texts))
+    assert results[0] == results[1]

@@ -117,10 +117,21 @@ class RolloutDataModule(L.LightningDataModule):
         return roll
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_problems, batch_size=self.eval_batch_size, collate_fn=list)
+        return self._eval_loader(self.val_problems)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_problems, batch_size=self.eval_batch_size, collate_fn=list)
+        return self._eval_loader(self.test_problems)
+
+    def _eval_loader(self, problems: list) -> DataLoader:
+        # A DataLoader draws a seed for its workers from the global torch RNG each time it is
+        # iterated; with its own generator, evaluating leaves the training run's random stream
+        # untouched (how often one validates never changes the rollouts).
+        return DataLoader(
+            problems,
+            batch_size=self.eval_batch_size,
+            collate_fn=list,
+            generator=torch.Generator(),
+        )
 
 
 class _EpochRounds(IterableDataset):
