@@ -65,18 +65,6 @@ for _name in ("lightning.pytorch", "lightning.fabric"):
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 # transformers' per-file bars (loading and writing weights): the run has its own display
 hf_logging.disable_progress_bar()
-REPORTED = (
-    "exact_match",
-    "quality",
-    "teacher_reward",
-    "kendall_tau",
-    "top1_agreement",
-    "teacher_q_tau",
-    "student_q_tau",
-    "sample_quality",
-    "loss",
-    "answer_length",
-)
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
@@ -376,7 +364,9 @@ def report(summary: dict) -> None:
     table = Table(title="PAD: held-out test metrics")
     for col in ("metric", "before", "after", "delta"):
         table.add_column(col, justify="right" if col != "metric" else "left")
-    for name in REPORTED:
+    from .plots import REPORTED_METRICS
+
+    for name in REPORTED_METRICS:
         if name in summary["before"]:
             b, a = summary["before"][name], summary["after"][name]
             table.add_row(name, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")

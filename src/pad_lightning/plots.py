@@ -24,8 +24,9 @@ from matplotlib.figure import Figure
 
 History = dict[str, list[tuple[int, float]]]
 
-# before/after panels, in this order (those present); the first four are the headline metrics
-BEFORE_AFTER_METRICS = (
+# The test metrics of the before/after table (experiment.report) and panels, in this order (those
+# present); the first four are the headline metrics
+REPORTED_METRICS = (
     "exact_match",
     "quality",
     "teacher_reward",
@@ -197,7 +198,7 @@ def learning_curves(history: History) -> Figure | None:
     return fig
 
 
-def before_after(history: History, metrics: Sequence[str] = BEFORE_AFTER_METRICS) -> Figure | None:
+def before_after(history: History, metrics: Sequence[str] = REPORTED_METRICS) -> Figure | None:
     """One small panel per test metric: its value at the first vs the last logged step."""
     pairs = []
     for m in metrics:
