@@ -257,3 +257,19 @@ def test_swept_keys_are_the_keys_a_sweep_varies():
 
     overrides = ["experiment=smoke", "n=2,4", "seed=range(3)", "loss=choice(ppd,vpd)", "+x=1"]
     assert swept_keys(overrides) == ["n", "seed", "loss"]
+
+
+def test_resume_refuses_max_epochs_below_the_trained_epochs(tmp_path):
+    """Lightning would raise a MisconfigurationException mid-start (a traceback, and the run
+    marked FAILED); the check names the key and the smallest valid value first."""
+    from pad_lightning.resume import check_epochs
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"epoch": 46, "state_dict": {"w": torch.zeros(3)}}, ckpt)  # 47 epochs trained
+    with pytest.raises(ConfigError) as err:
+        check_epochs(ckpt, 40)
+    assert str(err.value) == (
+        "trainer.max_epochs=40: the run has already trained 47 epochs (last.ckpt); "
+        "resume with trainer.max_epochs >= 47, or without it"
+    )
+    check_epochs(ckpt, 47)  # finishing exactly there is allowed

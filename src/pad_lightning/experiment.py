@@ -34,6 +34,7 @@ from .evaluation import EvalConfig
 from .models import load_pair, save_student
 from .module import LossConfig, OptimConfig, PADModule, resolve_inference_dtype
 from .progress import RunProgress
+from .resume import check_epochs
 from .rollout import CalibrationConfig, SamplingConfig
 from .tracking import (
     RunLogger,
@@ -141,6 +142,8 @@ def run_experiment(
     else:
         train, val, test = build_problems(cfg.data)
     ckpt_path = pick_resume_checkpoint(run_dir) if resuming else None
+    if ckpt_path is not None:
+        check_epochs(ckpt_path, cfg.trainer.max_epochs)
     student, tok_s, teacher, tok_t = load_pair(cfg.model)
     _check_option_letters(cfg, tok_t)
     if needs_tokenizer:

@@ -101,3 +101,18 @@ def resumed_config(
     saved.resume = str(run_dir)
     saved.output_dir = str(run_dir)
     return saved, state
+
+
+def check_epochs(ckpt_path: Path, max_epochs: int) -> None:
+    """Refuse, before anything loads or changes, a `trainer.max_epochs` below the epochs the
+    checkpoint has already trained (Lightning would stop with a traceback and the run would
+    be marked FAILED). The checkpoint is memory-mapped: only its small header is read."""
+    import torch
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    done = int(ckpt["epoch"]) + 1  # saved at the end of epoch `epoch`
+    if done > max_epochs:
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs}: the run has already trained {done} epochs "
+            f"({Path(ckpt_path).name}); resume with trainer.max_epochs >= {done}, or without it"
+        )
