@@ -11,7 +11,7 @@ import torch
 from .chat import pad_id
 from .datamodule import combine_rounds
 from .metrics import quality_matrix
-from .rewards import pad_pairs, sequence_rewards
+from .rewards import score_pairs
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -48,26 +48,34 @@ def ranks(scores: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@torch.no_grad()
-def student_scores(module, pairs: list) -> torch.Tensor:
-    """The student's length-normalised log-likelihood of each (prompt, response) pair, [len]."""
-    batch = pad_pairs(pairs, pad_id(module.student_tokenizer))
+def student_scores(module, pairs: list, max_tokens: int) -> torch.Tensor:
+    """The student's length-normalised log-likelihood of each (prompt, response) pair, [len],
+    scored like the teacher's rewards (token-budget chunks, the inference autocast dtype)."""
     was_training = module.student.training
     module.student.eval()
     try:
-        return sequence_rewards(module.student, batch.to(module.device)).float().cpu()
+        return score_pairs(
+            module.student,
+            pairs,
+            pad_id(module.student_tokenizer),
+            max_tokens,
+            module.device,
+            module._autocast_dtype(),
+        )
     finally:
         module.student.train(was_training)
 
 
-def rollout_rows(roll, problems: list, module, epoch: int, prompts: int) -> dict[str, list]:
+def rollout_rows(
+    roll, problems: list, module, epoch: int, prompts: int, max_tokens: int = 16384
+) -> dict[str, list]:
     """Columns of the rollout table for the first `prompts` prompts of a rollout: what each
     response got from the teacher (reward r_T, log p_sel, calibrated score t, rank by t), its
     true quality q and the reference (toy world; None elsewhere), and the student's score
     (length-normalised log-likelihood under the student at the end of the epoch) and rank."""
     k = min(prompts, len(roll.prompts))
     n = roll.teacher_scores.shape[1]
-    student = student_scores(module, roll.student_pairs[: k * n]).view(k, n)
+    student = student_scores(module, roll.student_pairs[: k * n], max_tokens).view(k, n)
     teacher = roll.teacher_scores[:k].float()
     q = quality_matrix(roll.texts[:k], problems[:k]) if problems else None
     t_rank, s_rank = ranks(teacher), ranks(student)
@@ -232,7 +240,12 @@ class RolloutLogger(L.Callback):
         if logger is None or not trainer.is_global_zero or not hasattr(logger, "experiment"):
             return
         rows = rollout_rows(
-            dm.last_rollout, dm.last_problems, trainer.lightning_module, epoch, self.table_prompts
+            dm.last_rollout,
+            dm.last_problems,
+            trainer.lightning_module,
+            epoch,
+            self.table_prompts,
+            dm.cfg.max_tokens,
         )
         # one growing table: MLflow appends rows logged to an existing table file
         logger.experiment.log_table(logger.run_id, data=rows, artifact_file=ROLLOUT_TABLE)

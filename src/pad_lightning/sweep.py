@@ -58,15 +58,10 @@ def _client(uri: str):
 
 
 def set_parent_status(sweep_dir: str | Path, status: str) -> None:
-    """RUNNING, FINISHED, FAILED or KILLED on the sweep's parent run (if it has one)."""
+    """End the sweep's parent run (if it has one) as FINISHED, FAILED or KILLED."""
     info = parent_info(sweep_dir)
-    if info is None:
-        return
-    client = _client(info["tracking_uri"])
-    if status == "RUNNING":
-        client.update_run(info["run_id"], status="RUNNING")
-    else:
-        client.set_terminated(info["run_id"], status)
+    if info is not None:
+        _client(info["tracking_uri"]).set_terminated(info["run_id"], status)
 
 
 class MlflowSweep(Callback):
@@ -74,9 +69,9 @@ class MlflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from .tracking import (
-            NOT_NAMING,
             absolute_tracking_uri,
             experiment_id,
+            naming_overrides,
             override_key,
             run_tags,
         )
@@ -99,7 +94,7 @@ class MlflowSweep(Callback):
             }
         )
         swept = swept_keys(overrides)
-        named = [o for o in overrides if not o.lstrip("+~").startswith(NOT_NAMING)]
+        named = naming_overrides(overrides)
         varying = [o for o in named if override_key(o) in swept]
         shared = [o for o in named if override_key(o) not in swept]
         name = "sweep: " + " ".join(varying) + (f" ({' '.join(shared)})" if shared else "")

@@ -88,13 +88,18 @@ def override_key(override: str) -> str:
     return override.lstrip("+~").partition("=")[0]
 
 
+def naming_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that say what a run is (not where it is stored or logged)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith(NOT_NAMING)]
+
+
 def run_name(overrides: list[str], swept: list[str] | None = None) -> str:
     """A name that says what the run is: its overrides (`loss=vpd,n=4,seed=1`), or `default`;
     for a job of a sweep only the swept ones (`n=2,loss=ppd`: the overrides all jobs share are
     in the sweep's name, and MLflow's run list shows about 25 characters of a name).
     (Lightning would let MLflow draw a random name, after the global RNG was seeded: every run
     got the same one.)"""
-    parts = [o for o in overrides if not o.lstrip("+~").startswith(NOT_NAMING)]
+    parts = naming_overrides(overrides)
     if swept:
         parts = [o for o in parts if override_key(o) in swept] or parts
     return (",".join(parts) or "default")[:250]
