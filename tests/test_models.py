@@ -20,7 +20,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pad_lightning import models
 from pad_lightning.chat import encode_pairs, encode_prompt, pad_id
-from pad_lightning.datamodule import collate
 from pad_lightning.evaluation import EvalConfig
 from pad_lightning.models import ConfigError, load_pair, role_options, save_student
 from pad_lightning.module import LossConfig, OptimConfig, PADModule
@@ -588,10 +587,7 @@ def pad_step(student, tok_s, teacher, tok_t, roll, n: int) -> torch.Tensor:
         total_steps=1,
         inference_dtype="float32",
     )
-    batch = collate(
-        [(roll.student_pairs[i * n : (i + 1) * n], roll.teacher_scores[i]) for i in range(3)],
-        pad_id(tok_s),
-    )
+    batch = module.batch(roll, list(range(3)))
     module.train()
     optimizers = module.configure_optimizers()  # its scheduler holds the optimizer weakly
     loss = module.training_step(batch, 0)

@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_model
 
 from pad_lightning import datamodule as dm_mod
+from pad_lightning import losses
 from pad_lightning.datamodule import RolloutConfig, RolloutDataModule
 from pad_lightning.evaluation import EvalConfig
 from pad_lightning.module import LossConfig, OptimConfig, PADModule
@@ -115,16 +116,15 @@ def test_training_step_loss_matches_the_loss_of_recomputed_rewards(tok, loss):
     module, dm, trainer = _setup(tok, loss=loss, calibration="none", epochs=1)
     trainer.fit(module, datamodule=dm)
     roll = dm.last_rollout
-    batch = dm_mod.collate(
-        [(roll.student_pairs[i * 3 : (i + 1) * 3], roll.teacher_scores[i]) for i in range(4)],
-        tok.pad_token_id,
-    )
+    batch = module.batch(roll, list(range(4)))
+    assert set(batch) == {"input_ids", "attention_mask", "score_mask", "shape", "teacher_scores"}
     module.student.eval()
     module.trainer = None  # call the step outside a loop (self.log becomes a no-op)
     with torch.no_grad():
         loss_value = module.training_step(batch, 0)
     rewards = score_pairs(module.student, roll.student_pairs[:12], tok.pad_token_id).view(4, 3)
-    expected = module.loss_from_scores(rewards, roll.teacher_scores[:4]).mean()
+    fn = losses.loss_function(loss)
+    expected = fn(rewards, roll.teacher_scores[:4]).mean()
     assert float(loss_value) == pytest.approx(float(expected), abs=1e-5)
     if loss == "ppd":
         assert 0 <= float(loss_value) <= 0.6932

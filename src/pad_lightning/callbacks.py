@@ -74,11 +74,12 @@ def rollout_rows(
     true quality q and the reference (toy world; None elsewhere), and the student's score
     (length-normalised log-likelihood under the student at the end of the epoch) and rank."""
     k = min(prompts, len(roll.prompts))
-    n = roll.teacher_scores.shape[1]
+    n = roll.lengths.shape[1]
     student = student_scores(module, roll.student_pairs[: k * n], max_tokens).view(k, n)
-    teacher = roll.teacher_scores[:k].float()
+    scored = roll.teacher_scores is not None  # objectives that need no teacher scores: None
+    teacher = roll.teacher_scores[:k].float() if scored else None
     q = quality_matrix(roll.texts[:k], problems[:k]) if problems else None
-    t_rank, s_rank = ranks(teacher), ranks(student)
+    t_rank, s_rank = ranks(teacher) if scored else None, ranks(student)
     rows: dict[str, list] = {c: [] for c in TABLE_COLUMNS}
     for i in range(k):
         reference = getattr(problems[i], "reference", None) if problems else None
@@ -88,13 +89,13 @@ def rollout_rows(
             rows["reference"].append(reference)
             rows["response"].append(text)
             rows["q"].append(float(q[i, j]) if q is not None else None)
-            rows["teacher_reward"].append(float(roll.teacher_rewards[i, j]))
+            rows["teacher_reward"].append(float(roll.teacher_rewards[i, j]) if scored else None)
             rows["log_p_sel"].append(
                 float(roll.log_p_sel[i, j]) if roll.log_p_sel is not None else None
             )
-            rows["teacher_score"].append(float(teacher[i, j]))
+            rows["teacher_score"].append(float(teacher[i, j]) if scored else None)
             rows["student_score"].append(float(student[i, j]))
-            rows["teacher_rank"].append(int(t_rank[i, j]))
+            rows["teacher_rank"].append(int(t_rank[i, j]) if scored else None)
             rows["student_rank"].append(int(s_rank[i, j]))
     return rows
 
@@ -109,7 +110,16 @@ def mlflow_key(key: str) -> str:
     return f"system/{key}" if key.startswith(SYSTEM_PREFIXES) else key
 
 
-PARTS = ("generation", "teacher_scoring", "calibration", "training", "validation", "other")
+PARTS = (
+    "generation",
+    "teacher_scoring",
+    "calibration",
+    "reference",
+    "teacher_generation",
+    "training",
+    "validation",
+    "other",
+)
 
 
 def parts_text(

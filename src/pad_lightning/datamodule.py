@@ -21,11 +21,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from .chat import pad_id
 from .interrupts import fault
 from .metrics import distinct_fraction, kendall_tau, nanmean, quality_matrix
 from .preference import ranking_entropy
-from .rewards import pad_pairs
 from .rollout import CalibrationConfig, Rollout, SamplingConfig, collect
 
 
@@ -111,6 +109,7 @@ class RolloutDataModule(L.LightningDataModule):
             self.calibration,
             self.cfg.max_tokens,
             module._autocast_dtype(),
+            module.extras([getattr(p, "reference", None) for p in problems]),
         )
         self.last_rollout, self.last_problems = roll, problems
         self.epoch_stats.append(rollout_stats(roll, problems, module.loss_cfg.beta_teacher))
@@ -179,22 +178,8 @@ class _PendingBatch:
 
     def resolve(self) -> dict[str, torch.Tensor]:
         roll = self.rounds.rollout(self.r)
-        n = self.rounds.dm.cfg.n
-        items = [
-            (roll.student_pairs[i * n : (i + 1) * n], roll.teacher_scores[i]) for i in self.indices
-        ]
-        return collate(items, pad_id(self.rounds.dm.trainer.lightning_module.student_tokenizer))
-
-
-def collate(items: list, pad_id: int) -> dict[str, torch.Tensor]:
-    """Prompts with their n responses -> one padded batch of P*n rows and scores [P, n]."""
-    padded = pad_pairs([pair for pairs, _ in items for pair in pairs], pad_id)
-    return {
-        "input_ids": padded.input_ids,
-        "attention_mask": padded.attention_mask,
-        "score_mask": padded.score_mask,
-        "teacher_scores": torch.stack([scores for _, scores in items]),
-    }
+        module = self.rounds.dm.trainer.lightning_module
+        return module.batch(roll, self.indices)
 
 
 def rollout_stats(roll: Rollout, problems: list, beta_teacher: float = 1.0) -> dict[str, float]:
@@ -207,20 +192,24 @@ def rollout_stats(roll: Rollout, problems: list, beta_teacher: float = 1.0) -> d
         "rollout/all_identical_fraction": float(
             (distinct * len(roll.texts[0]) <= 1).float().mean()
         ),
-        "rollout/teacher_score_mean": float(roll.teacher_scores.mean()),
-        "rollout/teacher_ranking_entropy": float(
-            ranking_entropy(beta_teacher * roll.teacher_scores).mean()
-        ),
     }
+    if roll.teacher_scores is not None:  # objectives without teacher scores do not pay for them
+        stats["rollout/teacher_score_mean"] = float(roll.teacher_scores.mean())
+        stats["rollout/teacher_ranking_entropy"] = float(
+            ranking_entropy(beta_teacher * roll.teacher_scores).mean()
+        )
     for part, seconds in roll.seconds.items():
         stats[f"time/{part}_s"] = seconds
         tokens = roll.tokens.get("generated" if part == "generation" else part)
         if tokens:  # throughput: see combine_rounds
             stats[f"tokens/{part}"] = tokens
+    if "teacher_tokens" in roll.tokens:  # GKD: the teacher's pass runs with the training step
+        stats["tokens/teacher_tokens"] = roll.tokens["teacher_tokens"]
     q = quality_matrix(roll.texts, problems)
     if q is not None:
         stats["rollout/sample_quality"] = float(q.mean())
-        stats["rollout/teacher_q_tau"] = nanmean(kendall_tau(roll.teacher_scores, q))
+        if roll.teacher_scores is not None:
+            stats["rollout/teacher_q_tau"] = nanmean(kendall_tau(roll.teacher_scores, q))
     return stats
 
 
@@ -235,5 +224,6 @@ def combine_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
             out[key] = sum(values) / len(values)
     for key in [k for k in out if k.startswith("tokens/")]:
         part = key[len("tokens/") :]
-        out[f"throughput/{part}_tokens_per_s"] = out[key] / max(out[f"time/{part}_s"], 1e-9)
+        if f"time/{part}_s" in out:
+            out[f"throughput/{part}_tokens_per_s"] = out[key] / max(out[f"time/{part}_s"], 1e-9)
     return out

@@ -25,6 +25,20 @@ class EvalConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     max_tokens: int = 16384
     seed: int = 0  # seeds the evaluation's own sampling stream (see PADModule._eval_step)
+    loss_batch: int = 64  # prompts per batch of the held-out loss (the training batch size)
+
+
+def objective_loss(module, roll, prompts_per_batch: int) -> float:
+    """The run's objective on a held-out rollout, averaged over its prompts (batched like
+    training, so a token-level objective's teacher logits never exceed a training batch's)."""
+    total, count = 0.0, len(roll.prompts)
+    for start in range(0, count, prompts_per_batch):
+        indices = list(range(start, min(start + prompts_per_batch, count)))
+        batch = module.batch(roll, indices)
+        batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        per_prompt, _ = module.objective_loss(batch)
+        total += float(per_prompt.sum())
+    return total / count
 
 
 @torch.no_grad()
@@ -67,6 +81,9 @@ def evaluate(
     out["answer_length"] = float(greedy.lengths.mean())
     out["answer_truncated"] = float(greedy.truncated.float().mean())
 
+    # The agreement metrics need teacher scores whatever the objective; its loss needs its extras.
+    extras = module.extras([getattr(p, "reference", None) for p in problems])
+    extras.needs = extras.needs | {"teacher_scores"}
     roll = collect(
         student,
         tok_s,
@@ -78,12 +95,13 @@ def evaluate(
         cfg.calibration,
         cfg.max_tokens,
         autocast_dtype,
+        extras,
     )
     device = next(student.parameters()).device
     r_s = score_pairs(
         student, roll.student_pairs, pad_id(tok_s), cfg.max_tokens, device, autocast_dtype
     ).view(len(prompts), cfg.n)
-    out["loss"] = float(module.loss_from_scores(r_s, roll.teacher_scores).mean())
+    out["loss"] = objective_loss(module, roll, cfg.loss_batch)
     out["kendall_tau"] = nanmean(kendall_tau(r_s, roll.teacher_scores))
     out["top1_agreement"] = float(top1_agreement(r_s, roll.teacher_scores).mean())
     q = quality_matrix(roll.texts, problems)

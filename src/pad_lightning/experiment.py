@@ -32,7 +32,8 @@ from .datamodule import RolloutConfig, RolloutDataModule
 from .divergence import TrainingDiverged
 from .evaluation import EvalConfig
 from .models import load_pair, save_student
-from .module import LossConfig, OptimConfig, PADModule, resolve_inference_dtype
+from .module import OptimConfig, PADModule, resolve_inference_dtype
+from .objectives import LOSS_KNOBS, LossConfig, objective
 from .progress import RunProgress
 from .resume import check_epochs
 from .rollout import CalibrationConfig, SamplingConfig
@@ -105,12 +106,14 @@ def _configs(cfg: DictConfig) -> tuple:
         roll.sample_log_prompts,
         rounds=cfg.n // per_round,
     )
+    knobs = {k: cfg.loss[k] for k in LOSS_KNOBS if k in cfg.loss}
     loss = LossConfig(
         cfg.loss.name,
-        cfg.loss.beta_student,
-        cfg.loss.beta_teacher,
+        cfg.loss.get("beta_student", 1.0),
+        cfg.loss.get("beta_teacher", 1.0),
         group_size,
         cfg.loss.get("divergence"),
+        **knobs,
     )
     optim = OptimConfig(**OmegaConf.to_container(cfg.trainer.optim))
     return sampling, cal, rollout, loss, optim
@@ -146,8 +149,11 @@ def run_experiment(
         check_epochs(ckpt_path, cfg.trainer.max_epochs)
     student, tok_s, teacher, tok_t = load_pair(cfg.model)
     _check_option_letters(cfg, tok_t)
+    _check_objective(cfg, tok_s, tok_t)
     if needs_tokenizer:
         train, val, test = build_problems(cfg.data, tokenizer=tok_s)
+    if "gold" in objective(cfg.loss.name).needs:
+        _check_references(cfg, train)
     # Seeded after loading: building the zoo (first run only) draws random numbers, and a run
     # must not depend on whether its models were cached.
     L.seed_everything(cfg.seed, verbose=False)
@@ -166,7 +172,7 @@ def run_experiment(
         tok_t,
         loss,
         optim,
-        EvalConfig(cfg.n, sampling, cal, rollout.max_tokens, seed=cfg.seed),
+        EvalConfig(cfg.n, sampling, cal, rollout.max_tokens, cfg.seed, rollout.batch_size),
         total_steps=state["schedule_epochs"] * steps_per_epoch,
         inference_dtype=cfg.trainer.inference_dtype,
     )
@@ -337,6 +343,32 @@ def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
         option_token_ids(teacher_tokenizer, k, context)
     except ValueError as err:
         raise ConfigError(f"calibration.mode={cal.mode}: {err}") from None
+
+
+def _check_objective(cfg: DictConfig, student_tokenizer, teacher_tokenizer) -> None:
+    """Token-level distillation (GKD) reads the teacher's distribution over the student's
+    vocabulary at the student's token ids: refused when the two tokenizers differ."""
+    if "teacher_tokens" not in objective(cfg.loss.name).needs:
+        return
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s_vocab != t_vocab:
+        differ = sum(1 for tok, i in s_vocab.items() if t_vocab.get(tok) != i)
+        raise ConfigError(
+            f"loss={cfg.loss.name}: needs one tokenizer for student and teacher, but "
+            f"{student_tokenizer.name_or_path!r} ({len(s_vocab)} tokens) and "
+            f"{teacher_tokenizer.name_or_path!r} ({len(t_vocab)} tokens) differ on "
+            f"{differ} ids; use loss=seqkd (teacher samples) or a preference loss instead"
+        )
+
+
+def _check_references(cfg: DictConfig, train: list) -> None:
+    missing = sum(1 for p in train if getattr(p, "reference", None) is None)
+    if missing:
+        raise ConfigError(
+            f"loss={cfg.loss.name}: trains on gold answers, but {missing} of {len(train)} "
+            f"training prompts of data={cfg.data.name} have no reference answer (prompt sets "
+            "never do); use data=toy or another loss"
+        )
 
 
 def _test(trainer: L.Trainer, module: PADModule, datamodule) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 
@@ -10,10 +11,12 @@ import numpy as np
 import torch
 
 from . import losses
+from .chat import pad_id
 from .divergence import TrainingDiverged, first_nonfinite, lr_hint
 from .evaluation import EvalConfig, evaluate
 from .interrupts import fault
-from .rewards import PaddedBatch, sequence_rewards
+from .objectives import LossConfig, StudentView, build_batch, objective
+from .rollout import Extras, Rollout
 from .sft import cosine_with_warmup
 
 INFERENCE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
@@ -41,17 +44,6 @@ def resolve_inference_dtype(name: str, device_type: str) -> torch.dtype | None:
 
 
 @dataclass
-class LossConfig:
-    """`name` (and `divergence` for PPD) pick a loss of `losses`; scores are beta * reward."""
-
-    name: str = "ppd"
-    beta_student: float = 1.0
-    beta_teacher: float = 1.0
-    group_size: int | None = None  # decomposition=split|iterative: groups of k responses
-    divergence: str | None = "jsd"  # PPD: jsd | kl | reverse_kl
-
-
-@dataclass
 class OptimConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -61,7 +53,11 @@ class OptimConfig:
 
 
 class PADModule(L.LightningModule):
-    """Student trainable; teacher frozen (eval, no grad, outside optimizer and checkpoints)."""
+    """Student trainable; teacher frozen (eval, no grad, outside optimizer and checkpoints).
+
+    `loss.name` picks an objective (`objectives.OBJECTIVES`); one that needs reference log-probs
+    gets `reference`, a frozen copy of the initial student (outside checkpoints too: a resume
+    rebuilds it from the student's model path before the checkpoint's weights are loaded)."""
 
     def __init__(
         self,
@@ -80,7 +76,14 @@ class PADModule(L.LightningModule):
         self.teacher = teacher.eval().requires_grad_(False)
         self.student_tokenizer, self.teacher_tokenizer = student_tokenizer, teacher_tokenizer
         self.loss_cfg, self.optim_cfg, self.eval_cfg = loss, optim, evaluation
-        self.loss_fn = losses.loss_function(loss.name, loss.divergence)
+        self.objective = objective(loss.name)
+        if loss.name in ("ppd", "vpd"):  # an unknown divergence fails here, not at step 1
+            losses.loss_function(loss.name, loss.divergence)
+        self.reference = (
+            copy.deepcopy(student).eval().requires_grad_(False)
+            if "reference" in self.objective.needs
+            else None
+        )
         self.total_steps = total_steps
         self.inference_dtype = inference_dtype
         self.eval_tag = "val"  # "val" (periodic validation) or "test" (before / after training)
@@ -90,35 +93,47 @@ class PADModule(L.LightningModule):
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # the teacher never leaves eval mode (no dropout, no BN updates)
+        if self.reference is not None:
+            self.reference.eval()
         return self
 
-    def loss_from_scores(
-        self, student_rewards: torch.Tensor, teacher_scores: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-prompt loss [P] from student rewards and calibrated teacher scores, both [P, n]."""
+    def extras(self, references: list | None = None) -> Extras:
+        """What this run's rollouts must provide besides the student's samples."""
+        gold = "gold" in self.objective.needs
+        return Extras(self.objective.needs, self.reference, references if gold else None)
+
+    def batch(self, roll: Rollout, indices: list[int]) -> dict:
+        """The batch of prompts `indices` of a rollout, with what the objective needs."""
+        return build_batch(
+            roll,
+            indices,
+            pad_id(self.student_tokenizer),
+            self.objective.needs,
+            self.teacher,
+            self._autocast_dtype(),
+        )
+
+    def objective_loss(self, batch: dict) -> tuple[torch.Tensor, StudentView]:
+        """Per-prompt loss [P] of the objective on a batch, and the student view it used."""
+        view = StudentView(self.student, batch)
         try:
-            return losses.decomposed(
-                self.loss_fn,
-                self.loss_cfg.beta_student * student_rewards,
-                self.loss_cfg.beta_teacher * teacher_scores,
-                self.loss_cfg.group_size,
-            )
+            return self.objective.loss(view, batch, self.loss_cfg), view
         except losses.NonFiniteScoresError as err:
             self._diverged(str(err))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         fault("step")
-        scores = batch["teacher_scores"]
-        padded = PaddedBatch(batch["input_ids"], batch["attention_mask"], batch["score_mask"])
-        rewards = sequence_rewards(self.student, padded).view(scores.shape)
-        loss = self.loss_from_scores(rewards.float(), scores).mean()
+        per_prompt, view = self.objective_loss(batch)
+        loss = per_prompt.mean()
         if not bool(torch.isfinite(loss)):
             self._diverged(f"loss is {float(loss)}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=scores.shape[0])
-        self.log("train/student_reward", rewards.mean(), batch_size=scores.shape[0])
+        prompts = batch["shape"][0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=prompts)
+        if "rewards" in view.__dict__:  # computed by the objective (never an extra pass)
+            self.log("train/student_reward", view.rewards.mean(), batch_size=prompts)
         if self._trainer is not None:  # the learning rate of this step's update
             lr = self._trainer.optimizers[0].param_groups[0]["lr"]
-            self.log("train/lr", lr, batch_size=scores.shape[0])
+            self.log("train/lr", lr, batch_size=prompts)
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -186,7 +201,7 @@ class PADModule(L.LightningModule):
         frozen parameters."""
         state = checkpoint["state_dict"]
         frozen = self._frozen_student_keys()
-        for key in [k for k in state if k.startswith("teacher.") or k in frozen]:
+        for key in [k for k in state if k.startswith(("teacher.", "reference.")) or k in frozen]:
             del state[key]
         # Resuming continues the same random stream (rollout sampling), so a resumed run gives
         # the metrics of an uninterrupted one.

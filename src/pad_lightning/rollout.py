@@ -137,13 +137,26 @@ class Rollout:
     prompts: list
     texts: list[list[str]]
     student_pairs: list[EncodedPair]
-    teacher_rewards: torch.Tensor  # [P, n] length-normalised teacher log-likelihood
+    teacher_rewards: torch.Tensor | None  # [P, n] length-normalised teacher log-likelihood
     log_p_sel: torch.Tensor | None  # [P, n] MCQ selection log-probability, if calibrated
-    teacher_scores: torch.Tensor  # [P, n] t_i after calibration
+    teacher_scores: torch.Tensor | None  # [P, n] t_i after calibration (None: not needed)
     lengths: torch.Tensor  # [P, n] generated tokens
     truncated: torch.Tensor  # [P, n]
     seconds: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
+    reference_logps: torch.Tensor | None = None  # [P, n] summed log-probs, frozen initial student
+    targets: list[EncodedPair] | None = None  # P x m student-side targets (teacher samples, gold)
+
+
+@dataclass
+class Extras:
+    """What a rollout provides beyond the student's samples, by the objective's needs
+    (`objectives.NEEDS`): the frozen `reference` model for reference log-probs, and the
+    `references` (gold answers) of the prompts for gold targets."""
+
+    needs: frozenset[str] = frozenset({"teacher_scores"})
+    reference: torch.nn.Module | None = None
+    references: list[str] | None = None
 
 
 def collect(
@@ -157,8 +170,11 @@ def collect(
     calibration: CalibrationConfig,
     max_tokens: int = 16384,
     autocast_dtype: torch.dtype | None = None,
+    extras: Extras | None = None,
 ) -> Rollout:
-    """Sample from the current student, score with the frozen teacher, calibrate."""
+    """Sample from the current student; then what `extras.needs` asks for: teacher scores
+    (scoring + calibration), reference log-probs, teacher samples or gold targets."""
+    needs = (extras or Extras()).needs
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     with phase(f"generating {len(prompts)} x {n} samples"):
@@ -172,11 +188,71 @@ def collect(
             skip_special_tokens=False,  # score what was generated (see `generate`)
         )
     seconds["generation"] = time.perf_counter() - started
-
-    started = time.perf_counter()
     finished = (~gens.truncated).view(len(prompts), n).tolist()
     student_pairs = encode_pairs(student_tokenizer, prompts, gens.texts, finished=finished)
-    teacher_pairs = encode_pairs(teacher_tokenizer, prompts, gens.texts, finished=finished)
+    tokens = {"generated": int(gens.lengths.sum())}
+    roll = Rollout(
+        prompts,
+        gens.texts,
+        student_pairs,
+        None,
+        None,
+        None,
+        gens.lengths.view(len(prompts), n),
+        gens.truncated.view(len(prompts), n),
+        seconds,
+        tokens,
+    )
+    if "teacher_tokens" in needs:  # the teacher's forward pass runs per batch (build_batch)
+        tokens["teacher_tokens"] = sum(len(p.ids) for p in student_pairs)
+    if "teacher_scores" in needs:
+        _teacher_scores(roll, teacher, teacher_tokenizer, calibration, max_tokens, autocast_dtype)
+    if "reference" in needs:
+        started = time.perf_counter()
+        with phase("reference log-probs"):
+            ref = extras.reference
+            rewards = score_pairs(
+                ref,
+                student_pairs,
+                pad_id(student_tokenizer),
+                max_tokens,
+                next(ref.parameters()).device,
+                autocast_dtype,
+            )
+        counts = torch.tensor([len(p.ids) - p.prompt_len for p in student_pairs])
+        roll.reference_logps = (rewards * counts).view(len(prompts), n)
+        seconds["reference"] = time.perf_counter() - started
+        tokens["reference"] = sum(len(p.ids) for p in student_pairs)
+    if "teacher_samples" in needs:
+        started = time.perf_counter()
+        with phase(f"teacher answers: {len(prompts)} x {n} samples"):
+            answers = generate(
+                teacher, teacher_tokenizer, prompts, n, sampling, autocast_dtype=autocast_dtype
+            )
+        done = (~answers.truncated).view(len(prompts), n).tolist()
+        roll.targets = encode_pairs(student_tokenizer, prompts, answers.texts, finished=done)
+        seconds["teacher_generation"] = time.perf_counter() - started
+        tokens["teacher_generation"] = int(answers.lengths.sum())
+    if "gold" in needs:
+        roll.targets = encode_pairs(student_tokenizer, prompts, [[r] for r in extras.references])
+    return roll
+
+
+def _teacher_scores(
+    roll: Rollout,
+    teacher: torch.nn.Module,
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    calibration: CalibrationConfig,
+    max_tokens: int,
+    autocast_dtype: torch.dtype | None,
+) -> None:
+    """Score the rollout's samples with the frozen teacher and calibrate (in place)."""
+    prompts, seconds, tokens = roll.prompts, roll.seconds, roll.tokens
+    n = roll.lengths.shape[1]
+    started = time.perf_counter()
+    teacher_pairs = encode_pairs(
+        teacher_tokenizer, prompts, roll.texts, finished=(~roll.truncated).tolist()
+    )
     device = next(teacher.parameters()).device
     with phase("teacher scoring"):
         rewards = score_pairs(
@@ -184,10 +260,7 @@ def collect(
         )
     rewards = rewards.view(len(prompts), n)
     seconds["teacher_scoring"] = time.perf_counter() - started
-    tokens = {
-        "generated": int(gens.lengths.sum()),
-        "teacher_scoring": sum(len(p.ids) for p in teacher_pairs),
-    }
+    tokens["teacher_scoring"] = sum(len(p.ids) for p in teacher_pairs)
 
     log_p_sel = None
     scores = rewards
@@ -199,7 +272,7 @@ def collect(
                 teacher,
                 teacher_tokenizer,
                 questions,
-                gens.texts,
+                roll.texts,
                 calibration.mode,
                 calibration.debias,
                 calibration.template,
@@ -218,15 +291,4 @@ def collect(
                 "log-probabilities: check its weights, and prefer trainer.inference_dtype="
                 "bfloat16 or float32 to float16"
             )
-    return Rollout(
-        prompts,
-        gens.texts,
-        student_pairs,
-        rewards,
-        log_p_sel,
-        scores,
-        gens.lengths.view(len(prompts), n),
-        gens.truncated.view(len(prompts), n),
-        seconds,
-        tokens,
-    )
+    roll.teacher_rewards, roll.log_p_sel, roll.teacher_scores = rewards, log_p_sel, scores

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .baselines import PAIR_CHOICES
 from .calibration import LETTERS, MODES
-from .losses import DIVERGENCES, LOSSES, max_group_size
+from .losses import DIVERGENCES, max_group_size
+from .objectives import OBJECTIVES
 from .preference import MAX_DP_N
 from .prompts import DataError, check_data
 from .tracking import tracking_problem
@@ -90,8 +92,8 @@ def check(cfg) -> None:
     n = cfg.n
     number(n, "n", integer=True, low=2)
     _require(
-        cfg.loss.name in LOSSES,
-        f"loss.name={cfg.loss.name!r}: unknown loss; valid: {sorted(LOSSES)}",
+        cfg.loss.name in OBJECTIVES,
+        f"loss.name={cfg.loss.name!r}: unknown loss; valid: {', '.join(OBJECTIVES)}",
     )
     divergence = cfg.loss.get("divergence")
     if cfg.loss.name == "ppd":
@@ -105,8 +107,19 @@ def check(cfg) -> None:
             f"loss.divergence={divergence!r}: only loss=ppd has a divergence; "
             f"use loss=ppd or drop the override",
         )
-    for key in ("beta_student", "beta_teacher"):
-        number(cfg.loss[key], f"loss.{key}", low=0, low_open=True)
+    for key in ("beta_student", "beta_teacher", "beta", "temperature"):
+        if key in cfg.loss:
+            number(cfg.loss[key], f"loss.{key}", low=0, low_open=True)
+    for key in ("gamma", "sft_weight"):
+        if key in cfg.loss:
+            number(cfg.loss[key], f"loss.{key}", low=0)
+    if "jsd_beta" in cfg.loss:
+        number(cfg.loss.jsd_beta, "loss.jsd_beta", low=0, high=1)
+    if "pairs" in cfg.loss:
+        _require(
+            cfg.loss.pairs in PAIR_CHOICES,
+            f"loss.pairs={cfg.loss.pairs!r}: valid: {', '.join(PAIR_CHOICES)}",
+        )
 
     cal = cfg.calibration
     _require(cal.name in ("none", "mcq"), f"calibration.name={cal.name!r}: valid: none, mcq")
@@ -126,6 +139,11 @@ def check(cfg) -> None:
         f"decomposition.name={dec.name!r}: valid: {', '.join(DECOMPOSITIONS)}",
     )
     group = n
+    _require(
+        dec.name != "split" or OBJECTIVES[cfg.loss.name].ranks,
+        f"decomposition=split: ranks groups of k responses, which only loss=ppd|vpd do "
+        f"(loss={cfg.loss.name}); use decomposition=none or iterative",
+    )
     if dec.name != "none":
         k = dec.group_size
         _require(
