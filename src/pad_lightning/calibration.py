@@ -32,6 +32,7 @@ from .chat import EncodedPair, pad_id, prompt_text
 from .rewards import logits_at, pad_pairs, token_budget_chunks
 
 DEFAULT_TEMPLATE = "Q: {question}\n{options}\nBest:"
+DEFAULT_OPTION_TEMPLATE = "{letter}) {response}"
 LETTERS = string.ascii_uppercase
 MODES = ("pairwise", "listwise")
 LOG_P_FLOOR = math.log(torch.finfo(torch.float32).tiny)
@@ -39,9 +40,20 @@ LOG_P_FLOOR = math.log(torch.finfo(torch.float32).tiny)
 logit) gives a finite score; any judge probability a float32 represents is kept as is."""
 
 
-def mcq_prompt(question: str, responses: list[str], template: str = DEFAULT_TEMPLATE) -> str:
-    """The judge question listing `responses` as options A, B, ... in the given order."""
-    options = "\n".join(f"{LETTERS[i]}) {r}" for i, r in enumerate(responses))
+def mcq_prompt(
+    question: str,
+    responses: list[str],
+    template: str = DEFAULT_TEMPLATE,
+    option_template: str = DEFAULT_OPTION_TEMPLATE,
+) -> str:
+    """The judge question listing `responses` as options A, B, ... in the given order.
+
+    Each option is `option_template` with {letter}, {response} (and, if it names it, {question}:
+    restating the question before each response, so that every option reads like an answer)."""
+    options = "\n".join(
+        option_template.format(letter=LETTERS[i], response=r, question=question)
+        for i, r in enumerate(responses)
+    )
     return template.format(question=question, options=options)
 
 
@@ -194,6 +206,7 @@ def selection_log_probs(
     template: str = DEFAULT_TEMPLATE,
     max_tokens: int = 16384,
     autocast_dtype: torch.dtype | None = None,
+    option_template: str = DEFAULT_OPTION_TEMPLATE,
 ) -> tuple[torch.Tensor, int]:
     """log p_sel of every response, [P, n], and the number of teacher tokens processed.
 
@@ -212,7 +225,7 @@ def selection_log_probs(
             options = [group[i] for i in order]
             if len(set(options)) == 1:
                 continue  # uniform by symmetry, with or without debiasing
-            text = prompt_text(tokenizer, mcq_prompt(question, options, template))
+            text = prompt_text(tokenizer, mcq_prompt(question, options, template, option_template))
             first_text = first_text or text
             encoded.append(tokenizer(text, add_special_tokens=False)["input_ids"])
             index.append((p, q))

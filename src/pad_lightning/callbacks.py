@@ -275,5 +275,7 @@ class RolloutLogger(L.Callback):
             out["mean_epoch_s"] = sum(
                 sum(v for k, v in h.items() if k.startswith("time/")) for h in self.history
             ) / len(self.history)
+        for key in {k for h in self.history for k in h if k.startswith("tokens/")}:
+            out[f"total_{key[len('tokens/') :]}_tokens"] = sum(h.get(key, 0) for h in self.history)
         out["epochs"] = len(self.history)
         return out

@@ -18,7 +18,7 @@ from rich.table import Table
 from transformers.utils import logging as hf_logging
 
 from . import interrupts
-from .calibration import mcq_prompt, option_token_ids
+from .calibration import DEFAULT_OPTION_TEMPLATE, mcq_prompt, option_token_ids
 from .callbacks import RolloutLogger, parts_text
 from .chat import prompt_text
 from .checkpointing import (
@@ -92,6 +92,7 @@ def _configs(cfg: DictConfig) -> tuple:
         cfg.calibration.mode,
         cfg.calibration.debias,
         cfg.calibration.template,
+        cfg.calibration.get("option_template", DEFAULT_OPTION_TEMPLATE),
     )
     dec = cfg.decomposition
     group_size = dec.group_size if dec.name in ("split", "iterative") else None
@@ -184,7 +185,7 @@ def run_experiment(
         experiment_name=cfg.logger.experiment_name,
         tracking_uri=cfg.logger.tracking_uri,
         run_name=cfg.logger.run_name or run_name(state["overrides"], (sweep or {}).get("swept")),
-        tags=None if resuming else run_tags(state["overrides"], sweep),
+        tags=None if resuming else run_tags(state["overrides"], _nesting(cfg, sweep)),
         run_id=state.get("mlflow_run_id"),
     )
     state["mlflow_run_id"] = logger.run_id
@@ -339,10 +340,24 @@ def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
         return
     k = 2 if cal.mode == "pairwise" else responses_per_round(cfg)
     try:
-        context = prompt_text(teacher_tokenizer, mcq_prompt("q", ["a", "b"], cal.template))
+        context = prompt_text(
+            teacher_tokenizer, mcq_prompt("q", ["a", "b"], cal.template, _option_template(cal))
+        )
         option_token_ids(teacher_tokenizer, k, context)
     except ValueError as err:
         raise ConfigError(f"calibration.mode={cal.mode}: {err}") from None
+
+
+def _nesting(cfg: DictConfig, sweep: dict | None) -> dict | None:
+    """The sweep a run belongs to, or (`logger.parent_run_id`) the run it is nested under."""
+    parent = cfg.logger.get("parent_run_id")
+    if sweep is None and parent:
+        return {"parent_run_id": parent}
+    return sweep
+
+
+def _option_template(cal) -> str:
+    return cal.get("option_template", DEFAULT_OPTION_TEMPLATE)
 
 
 def _check_objective(cfg: DictConfig, student_tokenizer, teacher_tokenizer) -> None:

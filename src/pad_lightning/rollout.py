@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .calibration import DEFAULT_TEMPLATE, mix, selection_log_probs
+from .calibration import DEFAULT_OPTION_TEMPLATE, DEFAULT_TEMPLATE, mix, selection_log_probs
 from .chat import EncodedPair, encode_pairs, encode_prompt, pad_id
 from .divergence import TrainingDiverged, describe_nonfinite
 from .progress import phase
@@ -128,6 +128,7 @@ class CalibrationConfig:
     mode: str = "pairwise"
     debias: bool = True
     template: str = DEFAULT_TEMPLATE
+    option_template: str = DEFAULT_OPTION_TEMPLATE
 
 
 @dataclass
@@ -278,6 +279,7 @@ def _teacher_scores(
                 calibration.template,
                 max_tokens,
                 autocast_dtype,
+                calibration.option_template,
             )
         scores = mix(rewards, log_p_sel, calibration.alpha)
         seconds["calibration"] = time.perf_counter() - started

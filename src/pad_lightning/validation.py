@@ -132,6 +132,11 @@ def check(cfg) -> None:
         and "{options}" in cal.template,
         "calibration.template: must contain {question} and {options}",
     )
+    option = cal.get("option_template", "{letter}) {response}")
+    _require(
+        isinstance(option, str) and "{letter}" in option and "{response}" in option,
+        "calibration.option_template: must contain {letter} and {response} (and may {question})",
+    )
 
     dec = cfg.decomposition
     _require(

@@ -37,7 +37,7 @@ from rich.table import Table
 from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from ..calibration import DEFAULT_TEMPLATE, LETTERS, mcq_prompt
+from ..calibration import DEFAULT_OPTION_TEMPLATE, DEFAULT_TEMPLATE, LETTERS, mcq_prompt
 from ..chat import encode_pairs
 from ..metrics import answer_metrics
 from ..rollout import SamplingConfig, generate
@@ -70,6 +70,9 @@ class ModelSpec:
     judge_steps: int = 0  # second phase: steps that mix MCQ judge questions into answer batches
     mcq_fraction: float = 0.5  # share of second-phase batches that are judge questions
     mcq_max_options: int = 4
+    judge_lr: float | None = None  # learning rate of the judge phase (None: lr)
+    judge_both_orders: bool = False  # every judge question also asked with options reversed
+    judge_on_student: float = 0.0  # share of judge questions over the trained student's samples
 
 
 @dataclass
@@ -80,20 +83,46 @@ class ZooConfig:
     eval_size: int = 256
     judge_temperature: float = 0.1
     judge_template: str = DEFAULT_TEMPLATE
+    judge_option_template: str = DEFAULT_OPTION_TEMPLATE
     precision: str = "32-true"  # bf16 autocast measured no faster for models this small
     teacher: ModelSpec = field(default_factory=ModelSpec)
     student: ModelSpec = field(default_factory=ModelSpec)
+    # A known, documented flaw of the teacher (the study world): in its answer SFT data, words
+    # starting with one of these letters are answered without their first letter (the answer's
+    # last character), so its likelihood favours that answer; its judge is trained on true q.
+    flaw_letters: str = ""
 
     def key(self) -> str:
-        """Folder name: task mix plus a hash of every field that changes the trained models."""
+        """Folder name: task mix plus a hash of every field that changes the trained models
+        (fields added later are left out at their defaults, so older entries keep their key)."""
         shaping = dataclasses.asdict(self)
         shaping.pop("cache_dir")
+        for name, default in _LATER_FIELDS.items():
+            if shaping.get(name) == default:
+                shaping.pop(name)
+        for role in ROLES:
+            for name, default in _LATER_SPEC_FIELDS.items():
+                if shaping[role].get(name) == default:
+                    shaping[role].pop(name)
         shaping["version"] = ZOO_VERSION
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
         return f"{'-'.join(self.tasks)}-{digest}"
 
     def root(self) -> Path:
         return Path(os.path.expanduser(self.cache_dir)) / self.key()
+
+
+_LATER_FIELDS = {"flaw_letters": "", "judge_option_template": DEFAULT_OPTION_TEMPLATE}
+_LATER_SPEC_FIELDS = {"judge_lr": None, "judge_both_orders": False, "judge_on_student": 0.0}
+POOL_PROMPTS, POOL_SAMPLES = 2048, 8  # the student's samples the judge may train on
+
+
+def flawed(problem: Problem, letters: str) -> str:
+    """The teacher's SFT answer: the reference, or (a word starting with one of `letters`)
+    the reference without its last character."""
+    if letters and problem.task == "reverse" and problem.prompt[4:5] in letters:
+        return problem.reference[:-1]
+    return problem.reference
 
 
 def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
@@ -117,18 +146,77 @@ def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int) 
     return model
 
 
-def judge_example(
-    problem: Problem, rng: random.Random, max_options: int, temperature: float, template: str
-) -> tuple[str, str]:
-    """An MCQ over corrupted candidates; the label is drawn with P proportional to exp(q/temp)."""
-    k = rng.randint(2, max_options)
+def judge_candidates(problem: Problem, rng: random.Random, k: int, flaw_letters: str = "") -> list:
+    """k candidate answers: corruptions of the reference (and, for a word the teacher's answers
+    get wrong, sometimes exactly its flawed answer, so the judge learns to recognise it)."""
     alphabet = (
         "".join(sorted(set(problem.reference))) if not problem.reference.isdigit() else "0123456789"
     )
     candidates = [corrupt(problem.reference, rng, alphabet) for _ in range(k)]
+    wrong = flawed(problem, flaw_letters)
+    if wrong != problem.reference and rng.random() < 0.5:
+        candidates[rng.randrange(k)] = wrong
+    return candidates
+
+
+def student_pool(student, tokenizer, problems: list[Problem], n: int = POOL_SAMPLES) -> dict:
+    """{prompt: n samples of the student at temperature 1}: the kind of mistakes it makes."""
+    gens = generate(
+        student,
+        tokenizer,
+        [p.prompt for p in problems],
+        n,
+        SamplingConfig(temperature=1.0, max_new_tokens=10, batch_size=1024),
+    )
+    return {p.prompt: texts for p, texts in zip(problems, gens.texts, strict=True)}
+
+
+def pool_candidates(problem: Problem, rng: random.Random, k: int, pool: dict) -> list[str] | None:
+    """k of the student's samples for the problem, with one best q, or None."""
+    samples = pool.get(problem.prompt)
+    if not samples or len(set(samples)) < 2:
+        return None
+    for _ in range(10):
+        options = rng.sample(samples, min(k, len(samples)))
+        q = [quality(o, problem.reference) for o in options]
+        if q.count(max(q)) == 1:
+            return options
+    return None
+
+
+def judge_question(
+    problem: Problem,
+    rng: random.Random,
+    max_options: int,
+    temperature: float,
+    flaw_letters: str = "",
+    pool: dict | None = None,
+    pool_share: float = 0.0,
+) -> tuple[list[str], int]:
+    """MCQ options and the label index, drawn with P ~ exp(q / temp): the student's own
+    samples (share `pool_share`, where they differ in q) or corruptions of the reference."""
+    k = rng.randint(2, max_options)
+    candidates = None
+    if pool and rng.random() < pool_share:
+        candidates = pool_candidates(problem, rng, k, pool)
+    if candidates is None:
+        candidates = judge_candidates(problem, rng, k, flaw_letters)
     weights = [math.exp(quality(c, problem.reference) / temperature) for c in candidates]
-    label = rng.choices(range(k), weights=weights)[0]
-    return mcq_prompt(problem.prompt, candidates, template), LETTERS[label]
+    return candidates, rng.choices(range(len(candidates)), weights=weights)[0]
+
+
+def judge_example(
+    problem: Problem,
+    rng: random.Random,
+    max_options: int,
+    temperature: float,
+    template: str,
+    flaw_letters: str = "",
+    option_template: str = DEFAULT_OPTION_TEMPLATE,
+) -> tuple[str, str]:
+    """A rendered MCQ over corrupted candidates and its label letter (see `judge_question`)."""
+    options, label = judge_question(problem, rng, max_options, temperature, flaw_letters)
+    return mcq_prompt(problem.prompt, options, template, option_template), LETTERS[label]
 
 
 class _BatchMaker:
@@ -141,9 +229,12 @@ class _BatchMaker:
         tokenizer: PreTrainedTokenizerBase,
         role: str,
         mcq_fraction: float = 0.0,
+        pool: list[Problem] | None = None,
+        samples: dict | None = None,
     ):
         self.cfg, self.spec, self.tokenizer, self.role = cfg, spec, tokenizer, role
         self.mcq_fraction = mcq_fraction
+        self.pool, self.samples = pool, samples
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
         rng = random.Random(f"{self.cfg.seed}-{self.role}-{self.mcq_fraction}-{step}")
@@ -151,18 +242,30 @@ class _BatchMaker:
             self.cfg.tasks, "train", self.spec.batch_size, seed=rng.randrange(2**31), unique=False
         )
         if rng.random() < self.mcq_fraction:
-            pairs = [
-                judge_example(
+            if self.pool:  # judge questions on prompts the student answered
+                problems = [rng.choice(self.pool) for _ in problems]
+            both = self.spec.judge_both_orders
+            asked = problems[: len(problems) // 2] if both else problems
+            pairs = []
+            template, option = self.cfg.judge_template, self.cfg.judge_option_template
+            for p in asked:
+                options, label = judge_question(
                     p,
                     rng,
                     self.spec.mcq_max_options,
                     self.cfg.judge_temperature,
-                    self.cfg.judge_template,
+                    self.cfg.flaw_letters,
+                    self.samples,
+                    self.spec.judge_on_student,
                 )
-                for p in problems
-            ]
+                pairs.append((mcq_prompt(p.prompt, options, template, option), LETTERS[label]))
+                if both:  # the options reversed: a position-only rule gains nothing here
+                    last = len(options) - 1
+                    reverse = mcq_prompt(p.prompt, options[::-1], template, option)
+                    pairs.append((reverse, LETTERS[last - label]))
         else:
-            pairs = [(p.prompt, p.reference) for p in problems]
+            flaw = self.cfg.flaw_letters if self.role == "teacher" else ""  # the teacher's flaw
+            pairs = [(p.prompt, flawed(p, flaw)) for p in problems]
         encoded = encode_pairs(self.tokenizer, [q for q, _ in pairs], [[a] for _, a in pairs])
         return sft_batch(encoded, self.tokenizer.pad_token_id)
 
@@ -207,6 +310,8 @@ def _fit(
     mcq_fraction: float,
     target: float,
     val: list[Problem],
+    pool: list[Problem] | None = None,
+    samples: dict | None = None,
 ) -> dict:
     module = SFTModule(model, spec.lr, steps, spec.warmup_steps)
     stopper = _EarlyStopOnAccuracy(tokenizer, val, spec.eval_every, target)
@@ -222,13 +327,13 @@ def _fit(
         callbacks=[stopper, RichProgressBar(leave=True)],
         num_sanity_val_steps=0,
     )
-    maker = _BatchMaker(cfg, spec, tokenizer, role, mcq_fraction)
+    maker = _BatchMaker(cfg, spec, tokenizer, role, mcq_fraction, pool, samples)
     trainer.fit(module, torch.utils.data.DataLoader(BatchStream(maker), batch_size=None))
     return {"steps": trainer.global_step, "val_history": stopper.history}
 
 
 def train_model(
-    cfg: ZooConfig, spec: ModelSpec, tokenizer, role: str
+    cfg: ZooConfig, spec: ModelSpec, tokenizer, role: str, student=None
 ) -> tuple[torch.nn.Module, dict]:
     """SFT one zoo model with Lightning: answers until the target validation accuracy, then
     (if `judge_steps`) answers mixed with MCQ judge questions. Mixing the judge questions in
@@ -244,8 +349,23 @@ def train_model(
     info = _fit(cfg, spec, model, tokenizer, role, spec.max_steps, 0.0, spec.target_accuracy, val)
     if spec.judge_steps:
         console.print(f"[bold]zoo[/bold]: teaching the {role} the MCQ judge prompt")
+        judge_spec = dataclasses.replace(spec, lr=spec.judge_lr or spec.lr)
+        pool = samples = None
+        if spec.judge_on_student and student is not None:
+            pool = sample_problems(cfg.tasks, "train", POOL_PROMPTS, seed=cfg.seed + 7)
+            samples = student_pool(student, tokenizer, pool)
         judge = _fit(
-            cfg, spec, model, tokenizer, role, spec.judge_steps, spec.mcq_fraction, 2.0, val
+            cfg,
+            judge_spec,
+            model,
+            tokenizer,
+            role,
+            spec.judge_steps,
+            spec.mcq_fraction,
+            2.0,
+            val,
+            pool,
+            samples,
         )
         info["judge_steps"] = judge["steps"]
         info["val_history"] += [(info["steps"] + s, a) for s, a in judge["val_history"]]
@@ -268,13 +388,100 @@ def judge_accuracy(model, tokenizer, problems: list[Problem], cfg: ZooConfig) ->
             continue
         for first_is_correct in (True, False):
             pair = [p.reference, wrong] if first_is_correct else [wrong, p.reference]
-            prompts.append(encode_prompt(tokenizer, mcq_prompt(p.prompt, pair, cfg.judge_template)))
+            question = mcq_prompt(p.prompt, pair, cfg.judge_template, cfg.judge_option_template)
+            prompts.append(encode_prompt(tokenizer, question))
             correct_first.append(first_is_correct)
     logp = option_log_probs(
         model.eval(), prompts, option_token_ids(tokenizer, 2), tokenizer.pad_token_id
     )
     picks_first = logp[:, 0] > logp[:, 1]
     return float((picks_first == torch.tensor(correct_first)).float().mean())
+
+
+@torch.no_grad()
+def judge_report(
+    model,
+    tokenizer,
+    problems: list[Problem],
+    cfg: ZooConfig,
+    student=None,
+) -> dict[str, float]:
+    """Held-out judge accuracies (validation problems, fresh candidates):
+
+    * ``pairwise``: pairs of candidates whose q differ by >= 0.2, asked in both orders; a
+      question counts as right when the better candidate's letter is the more probable;
+    * ``flaw_pairwise``: the reference against the teacher's flawed answer (words it gets wrong),
+      both orders (NaN without a flaw);
+    * ``listwise_top1``: 4 candidates with one best q (asked whatever option count the judge
+      was trained on): share of questions whose most probable
+      letter is the best candidate;
+    * ``student_pairwise`` / ``student_listwise_top1`` (given the `student`): the same on the
+      student's own samples (8 per problem, temperature 1): the judge as calibration uses it.
+    """
+    from ..calibration import option_log_probs, option_token_ids
+    from ..chat import encode_prompt
+
+    model.eval()
+    rng = random.Random(f"{cfg.seed}-judge-report")
+    template = cfg.judge_template
+
+    def accuracy(questions: list[tuple[str, tuple[list[str], int]]]) -> float:
+        if not questions:
+            return float("nan")
+        k = len(questions[0][1][0])
+        option = cfg.judge_option_template
+        prompts = [
+            encode_prompt(tokenizer, mcq_prompt(p, o, template, option)) for p, (o, _) in questions
+        ]
+        logp = option_log_probs(
+            model, prompts, option_token_ids(tokenizer, k), tokenizer.pad_token_id
+        )
+        best = torch.tensor([b for _, (_, b) in questions])
+        return float((logp.argmax(-1) == best).float().mean())
+
+    pairs, flaw, lists = [], [], []
+    for p in problems:
+        for _ in range(20):  # a pair of fresh candidates whose q differ by >= 0.2
+            a, b = judge_candidates(p, rng, 2)
+            qa, qb = quality(a, p.reference), quality(b, p.reference)
+            if abs(qa - qb) >= 0.2:
+                pairs += [(p.prompt, ([a, b], int(qb > qa))), (p.prompt, ([b, a], int(qa > qb)))]
+                break
+        wrong = flawed(p, cfg.flaw_letters)
+        if wrong != p.reference:
+            flaw += [(p.prompt, ([p.reference, wrong], 0)), (p.prompt, ([wrong, p.reference], 1))]
+        for _ in range(20):
+            options = judge_candidates(p, rng, 4)
+            q = [quality(o, p.reference) for o in options]
+            if q.count(max(q)) == 1:
+                lists.append((p.prompt, (options, q.index(max(q)))))
+                break
+    report = {
+        "pairwise": accuracy(pairs),
+        "flaw_pairwise": accuracy(flaw),
+        "listwise_top1": accuracy(lists),
+    }
+    if student is not None:
+        samples = student_pool(student, tokenizer, problems)
+        s_pairs, s_lists = [], []
+        for p in problems:
+            texts = samples[p.prompt]
+            q = [quality(t, p.reference) for t in texts]
+            for i in range(len(texts)):  # the first pair whose q differ by >= 0.2
+                j = next((j for j in range(i + 1, len(texts)) if abs(q[i] - q[j]) >= 0.2), None)
+                if j is not None:
+                    best = int(q[j] > q[i])
+                    a, b = texts[i], texts[j]
+                    s_pairs += [(p.prompt, ([a, b], best)), (p.prompt, ([b, a], 1 - best))]
+                    break
+            options = pool_candidates(p, rng, 4, samples)
+            if options is not None and len(options) == 4:
+                oq = [quality(o, p.reference) for o in options]
+                s_lists.append((p.prompt, (options, oq.index(max(oq)))))
+        report["student_pairwise"] = accuracy(s_pairs)
+        report["student_pairs"] = len(s_pairs)
+        report["student_listwise_top1"] = accuracy(s_lists)
+    return report
 
 
 def _say(text: str) -> None:
@@ -437,13 +644,26 @@ def ensure_zoo(cfg: ZooConfig) -> Path:
     card = {"key": cfg.key(), "config": dataclasses.asdict(cfg), "models": {}}
     test = sample_problems(cfg.tasks, "test", cfg.eval_size, seed=cfg.seed)
     try:
-        for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
-            model, info = train_model(cfg, spec, tokenizer, role)
+        # The student first when the judge learns from its samples (see ModelSpec).
+        order = ["teacher", "student"]
+        if cfg.teacher.judge_on_student:
+            order.reverse()
+        trained = {}
+        for role in order:
+            spec = cfg.teacher if role == "teacher" else cfg.student
+            model, info = train_model(cfg, spec, tokenizer, role, trained.get("student"))
+            trained[role] = model
             info["test"] = answer_accuracy(model, tokenizer, test)
             info["params"] = sum(p.numel() for p in model.parameters())
             card["models"][role] = info
             model.save_pretrained(staging / role)
             tokenizer.save_pretrained(staging / role)
+        card["models"] = {role: card["models"][role] for role in ROLES}
+        if cfg.teacher.judge_steps:  # the judge on held-out questions and the student's samples
+            val = sample_problems(cfg.tasks, "val", cfg.eval_size, seed=cfg.seed)
+            card["models"]["teacher"]["judge"] = judge_report(
+                trained["teacher"], tokenizer, val, cfg, student=trained["student"]
+            )
         card["files"] = file_records(staging)
         (staging / "card.json").write_text(json.dumps(card, indent=2))
         installed = _install(cfg, staging, root)
@@ -466,6 +686,9 @@ def show_card(card: dict) -> None:
         "test EM",
         "test quality",
         "judge acc.",
+        "judge pairs (dq>=0.2)",
+        "judge on flaw",
+        "judge top-1 of 4",
     ):
         table.add_column(col)
     for role, info in card["models"].items():
@@ -477,5 +700,9 @@ def show_card(card: dict) -> None:
             f"{info['test']['exact_match']:.1%}",
             f"{info['test']['quality']:.3f}",
             f"{info['judge_accuracy']:.1%}" if "judge_accuracy" in info else "-",
+            *(
+                f"{info['judge'][k]:.1%}" if k in info.get("judge", {}) else "-"
+                for k in ("pairwise", "flaw_pairwise", "listwise_top1")
+            ),
         )
     console.print(table)
