@@ -48,6 +48,7 @@ SCHEMES = {  # calibration schemes: name -> overrides
     "pairwise one order": ("calibration.mode=pairwise", "calibration.debias=false"),
 }
 BOOTSTRAP = 2000
+EVAL_PROMPTS = 512  # test prompts of the study's own greedy evaluation of every student
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def run_job(job: Job, args, parent_id: str, epochs: int, threads: int) -> Job:
         f"trainer.num_threads={threads}",
         f"logger.tracking_uri={args.tracking_uri}",
         f"logger.parent_run_id={parent_id}",
-        f"logger.run_name=study: {job.config.label} seed={job.seed}",
+        f"logger.run_name='study: {job.config.label} seed={job.seed}'",
         f"hydra.run.dir={job.run_dir}",
         *args.extra,
     ]
@@ -291,7 +292,12 @@ def fmt(m: float, s: float, digits: int = 3) -> str:
     return "-" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def section_table(name: str, configs: list[Config], jobs: dict, reference: Config | None) -> list:
+REFERENCE = {"methods": 0, "calibration": 0, "decomposition": 1, "beta": 0}
+"""Index of the configuration each section's differences are taken from (PPD's defaults,
+alpha = 0 for calibration, n = 4 for decomposition, beta_T = 1)."""
+
+
+def section_table(name: str, configs: list[Config], jobs: dict, reference: Config) -> tuple:
     lines = [f"### {name}", ""]
     head = [
         "setting",
@@ -310,7 +316,7 @@ def section_table(name: str, configs: list[Config], jobs: dict, reference: Confi
         for key, _ in METRICS:
             cells.append(fmt(*mean_std([j.summary["after"].get(key, float("nan")) for j in done])))
         diff = "-"
-        if reference is not None and c != reference and done:
+        if c != reference and done:
             base = [j.per_prompt["exact_match"] for j in jobs[reference] if j.per_prompt]
             mine = [j.per_prompt["exact_match"] for j in done if j.per_prompt]
             if base and mine:
@@ -336,6 +342,114 @@ def section_table(name: str, configs: list[Config], jobs: dict, reference: Confi
         )
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""], rows
+
+
+def compare_text(em: dict, a: str, b: str) -> tuple[str, str] | None:
+    """("a - b = +x [lo, hi]", verdict word) from per-prompt exact match, or None if missing."""
+    if not em.get(a) or not em.get(b):
+        return None
+    m, lo, hi = paired_interval(em[a], em[b])
+    word = "higher" if lo > 0 else "lower" if hi < 0 else "not different (interval spans 0)"
+    return f"{a} minus {b}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}]", word
+
+
+def verdicts(em: dict, probe: dict | None, jobs: dict) -> list[str]:
+    """One line per paper claim, decided by paired 95% intervals (rules in the text)."""
+    lines = [
+        "## Verdicts on the paper's claims",
+        "",
+        "Rule: a claim is *confirmed* when every interval that decides it lies on its side of 0,",
+        "*refuted* when one lies on the other side, *inconclusive* otherwise (test exact match;",
+        "paired bootstrap over test prompts, seeds averaged).",
+        "",
+    ]
+    ppd = "PPD (jsd)"
+    rivals = ["DPO", "SimPO", "DPO-PL", "LiPO", "RRHF", "GKD", "seqKD"]
+    for pad in (ppd, "VPD"):
+        found = [(r, compare_text(em, pad, r)) for r in rivals]
+        found = [(r, c) for r, c in found if c]
+        if not found:
+            continue
+        better = [r for r, (_, w) in found if w == "higher"]
+        worse = [r for r, (_, w) in found if w == "lower"]
+        verdict = (
+            "refuted" if worse else "confirmed" if len(better) == len(found) else "inconclusive"
+        )
+        lines.append(
+            f"- (a) {pad} beats the baselines: **{verdict}** — higher than "
+            f"{better or 'none'}, lower than {worse or 'none'}; "
+            + "; ".join(text for _, (text, _) in found)
+            + "."
+        )
+    if probe is not None:
+        base = probe["per_prompt"]["r_T"]
+        parts, best = [], None
+        for scheme in SCHEMES:
+            for alpha in ALPHAS[1:-1]:
+                m, lo, hi = paired_interval([probe["per_prompt"][f"t_{alpha} {scheme}"]], [base])
+                parts.append(f"alpha {alpha} {scheme}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                if best is None or m > best[0]:
+                    best = (m, lo, hi, alpha, scheme)
+        m, lo, hi, alpha, scheme = best
+        verdict = (
+            "confirmed" if lo > 0 and alpha == 0.8 else ("refuted" if hi < 0 else "inconclusive")
+        )
+        lines.append(
+            f"- (b) calibration with alpha near 0.8 ranks samples closer to q than r_T "
+            f"alone: **{verdict}** at the score level — best {scheme} alpha {alpha}: "
+            f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] in Kendall tau; " + "; ".join(parts) + "."
+        )
+    trained = [compare_text(em, f"alpha={a} {s}", "alpha=0") for s in SCHEMES for a in (0.8,)]
+    trained = [t for t in trained if t]
+    if trained:
+        words = [w for _, w in trained]
+        verdict = (
+            "refuted"
+            if "lower" in words
+            else ("confirmed" if all(w == "higher" for w in words) else "inconclusive")
+        )
+        lines.append(
+            f"- (b') training with alpha 0.8 beats alpha 0: **{verdict}** — "
+            + "; ".join(t for t, _ in trained)
+            + "."
+        )
+    for k, mode in (("4", "split"), ("4", "iterative")):
+        c = compare_text(em, f"n=8 {mode} k={k}", "n=8")
+        if c:
+            cost = [
+                mean_std([teacher_cost(j.summary["timings"]) for j in jobs[lab] if j.summary])[0]
+                for lab in (f"n=8 {mode} k={k}", "n=8")
+            ]
+            verdict = (
+                "refuted"
+                if c[1] == "lower"
+                else ("confirmed" if cost[0] < cost[1] else "inconclusive")
+            )
+            lines.append(
+                f"- (c) {mode} decomposition keeps quality at lower cost (n = 8): "
+                f"**{verdict}** — {c[0]}; teacher tokens {cost[0]:.0f} vs {cost[1]:.0f}."
+            )
+    best = max(
+        (
+            lab
+            for lab in em
+            if lab not in ("teacher", "no training")
+            and em[lab]
+            and "ceiling" not in lab
+            and lab != "gold SFT"
+        ),
+        key=lambda lab: sum(map(sum, em[lab])),
+        default=None,
+    )
+    if best and em.get("teacher"):
+        text, word = compare_text(em, best, "teacher")
+        verdict = (
+            "confirmed" if word == "higher" else "refuted" if word == "lower" else ("inconclusive")
+        )
+        lines.append(
+            f"- (d) the student surpasses its teacher: **{verdict}** — best trained method {text}."
+        )
+    return lines + [""]
 
 
 def calibration_lines(probe: dict) -> list[str]:
@@ -500,7 +614,10 @@ def main() -> int:
         list(pool.map(one, jobs_list))
 
     # per-prompt test evaluation of every trained student, the initial student and the teacher
-    _, _, test = build_problems(cfg.data, log=lambda _: None)
+    eval_cfg = run_config(
+        [f"experiment={args.preset}", *args.extra, f"data.test_size={EVAL_PROMPTS}"]
+    )
+    _, _, test = build_problems(eval_cfg.data, log=lambda _: None)
     new_tokens = cfg.rollout.max_new_tokens
     for job in jobs_list:
         if job.summary:
@@ -511,7 +628,6 @@ def main() -> int:
     def jobs_of(c: Config) -> list[Job]:
         return [unique[(tuple(sorted(c.overrides)), c.epochs_factor, s)] for s in range(seeds)]
 
-    reference = sections(False)["methods"][0]  # PPD (jsd), the preset's defaults
     report = [
         f"# Study report ({'quick' if args.quick else 'full'})",
         "",
@@ -520,8 +636,12 @@ def main() -> int:
         "",
         "## The world",
         "",
-        f"- teacher: test exact match {card['models']['teacher']['test']['exact_match']:.3f}, "
-        f"judge {json.dumps(card['models']['teacher'].get('judge', {}))}",
+        f"- teacher: test exact match {card['models']['teacher']['test']['exact_match']:.3f}; "
+        "judge accuracy "
+        + ", ".join(
+            f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in card["models"]["teacher"].get("judge", {}).items()
+        ),
         f"- student before training: test exact match {sum(initial['exact_match']) / len(test):.3f}"
         f" (zoo card: {card['models']['student']['test']['exact_match']:.3f})",
         f"- teacher greedy on the same {len(test)} test prompts: exact match "
@@ -542,16 +662,19 @@ def main() -> int:
         report += calibration_lines(probe)
         plot_calibration(probe, out / "calibration_tau.png")
         figures.append("calibration_tau.png")
+    em = {}  # label -> [seeds][prompts] test exact match, for the verdicts
     for name, configs in chosen.items():
         table = {c: jobs_of(c) for c in configs}
-        lines, rows = section_table(
-            name, configs, table, reference if reference in unique_configs(unique) else None
-        )
+        for c in configs:
+            em[c.label] = [j.per_prompt["exact_match"] for j in table[c] if j.per_prompt]
+        reference = configs[REFERENCE[name]]
+        lines, rows = section_table(name, configs, table, reference)
         if name == "methods":
-            base = [j.per_prompt["exact_match"] for j in table.get(reference, []) if j.per_prompt]
+            base = em[reference.label]
             if base:
                 for label, values in (("no training", initial), ("teacher", teacher)):
-                    m, lo, hi = paired_interval([values["exact_match"]] * len(base), base)
+                    em[label] = [values["exact_match"]] * len(base)
+                    m, lo, hi = paired_interval(em[label], base)
                     lines.insert(
                         -1,
                         f"| {label} | - | {sum(values['exact_match']) / len(test):.3f}"
@@ -560,7 +683,7 @@ def main() -> int:
                     )
         report += lines
         if rows:
-            plot_methods(rows, out / f"{name}.png", f"{name}: difference from PPD")
+            plot_methods(rows, out / f"{name}.png", f"{name}: test EM minus {reference.label}")
             figures.append(f"{name}.png")
         results["sections"][name] = [
             {
@@ -580,6 +703,7 @@ def main() -> int:
             }
             for c in configs
         ]
+    report += verdicts(em, probe, {c.label: jobs_of(c) for cs in chosen.values() for c in cs})
     failed = [j for j in jobs_list if j.error]
     wall = time.perf_counter() - started
     report += [
@@ -600,10 +724,6 @@ def main() -> int:
     print("\n".join(report))
     print(out / "report.md")
     return 1 if failed else 0
-
-
-def unique_configs(unique: dict) -> set:
-    return {job.config for job in unique.values()}
 
 
 if __name__ == "__main__":

@@ -161,4 +161,5 @@ def test_console_command_reports_config_errors_on_one_line(installed):
     proc = console(installed, "loss=nope")
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()  # _one_line_config_errors, as in __main__
-    assert line.startswith("config error: In 'config': Could not find 'loss/nope'; valid: ppd")
+    assert line.startswith("config error: In 'config': Could not find 'loss/nope'; valid: ")
+    assert "ppd" in line and "dpo" in line

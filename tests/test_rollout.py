@@ -251,12 +251,19 @@ def test_evaluate_teacher_reward_of_a_special_token_student_is_not_the_best(tok)
     from pad_lightning.evaluation import EvalConfig, evaluate
 
     teacher = sharpen(tiny_model(tok, seed=1), tok)
-    module = SimpleNamespace(
-        student=_emitting_only(tok, ["<|assistant|>"]),
-        teacher=teacher,
-        student_tokenizer=tok,
-        teacher_tokenizer=tok,
-        loss_from_scores=lambda s, t: (s - t).pow(2).mean(-1),
+    from pad_lightning.module import OptimConfig, PADModule
+    from pad_lightning.objectives import LossConfig
+
+    module = PADModule(
+        _emitting_only(tok, ["<|assistant|>"]),
+        teacher,
+        tok,
+        tok,
+        LossConfig("ppd"),
+        OptimConfig(),
+        EvalConfig(2, SamplingConfig(max_new_tokens=4), CalibrationConfig("none")),
+        total_steps=1,
+        inference_dtype="float32",
     )
     problems = [SimpleNamespace(prompt=p) for p in PROMPTS]
     cfg = EvalConfig(2, SamplingConfig(max_new_tokens=4), CalibrationConfig("none"))

@@ -114,7 +114,7 @@ def quick_train(monkeypatch) -> list[str]:
     Returns the list of roles trained so far."""
     trained: list[str] = []
 
-    def train(cfg, spec, tokenizer, role):
+    def train(cfg, spec, tokenizer, role, student=None):
         trained.append(role)
         model = zoo.build_model(spec, tokenizer, seed=cfg.seed + (role == "student"))
         return model, {"steps": 0, "val_history": [], "seconds": 0.0}
@@ -250,7 +250,7 @@ def test_later_builder_keeps_the_entry_another_process_finished_first(
     first = zoo.train_model
     inode = []
 
-    def other_process_finishes_meanwhile(cfg, spec, tokenizer, role):
+    def other_process_finishes_meanwhile(cfg, spec, tokenizer, role, student=None):
         if not root.exists():
             shutil.copytree(done, root)
             inode.append((root / "teacher" / "model.safetensors").stat().st_ino)
