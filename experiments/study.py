@@ -9,8 +9,9 @@ Sections (each a list of training runs of `experiment=study`, seeds paired acros
   gold SFT (an oracle bound) and gold SFT run 4x longer (the student's capacity ceiling); equal
   epochs, prompts and samples per prompt;
 * ``calibration``: alpha in {0, 0.2, 0.5, 0.8, 1} x {pairwise debiased, listwise rotations,
-  pairwise one order (the paper code's)}; plus a probe without training: Kendall tau of r_T,
-  p_sel and t_alpha with true quality q on the initial student's samples;
+  pairwise one order (the paper code's)};
+* always (unless --no-probe), a calibration probe without training: Kendall tau of r_T, p_sel
+  and t_alpha with true quality q on the initial student's samples, every alpha and scheme;
 * ``decomposition``: n in {2, 4, 8} x none / split / iterative at equal samples per prompt;
 * ``beta``: beta_teacher in {1, 3, 10}.
 
@@ -533,6 +534,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="output folder (outputs/study/<time>)")
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--probe-prompts", type=int, default=256)
+    parser.add_argument("--no-probe", action="store_true", help="skip the calibration probe")
     parser.add_argument("extra", nargs="*", help="Hydra overrides added to every run")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -582,7 +584,7 @@ def main() -> int:
 
     # the calibration probe needs no training
     probe = None
-    if "calibration" in chosen or args.quick:
+    if not args.no_probe:
         print("calibration probe (no training) ...", flush=True)
         probe = calibration_probe(cfg, args.probe_prompts, cfg.n, seed=0)
 
