@@ -127,6 +127,9 @@ def run_job(job: Job, args, parent_id: str, epochs: int, threads: int) -> Job:
     if summary_file.is_file():
         job.summary, job.reused = json.loads(summary_file.read_text()), True
         return job
+    if args.report_only:
+        job.error = "not run (--report-only)"
+        return job
     command = [
         sys.executable,
         "-m",
@@ -535,6 +538,9 @@ def main() -> int:
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--probe-prompts", type=int, default=256)
     parser.add_argument("--no-probe", action="store_true", help="skip the calibration probe")
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing: report the finished runs"
+    )
     parser.add_argument("extra", nargs="*", help="Hydra overrides added to every run")
     args = parser.parse_args()
     started = time.perf_counter()
