@@ -205,20 +205,6 @@ def judge_question(
     return candidates, rng.choices(range(len(candidates)), weights=weights)[0]
 
 
-def judge_example(
-    problem: Problem,
-    rng: random.Random,
-    max_options: int,
-    temperature: float,
-    template: str,
-    flaw_letters: str = "",
-    option_template: str = DEFAULT_OPTION_TEMPLATE,
-) -> tuple[str, str]:
-    """A rendered MCQ over corrupted candidates and its label letter (see `judge_question`)."""
-    options, label = judge_question(problem, rng, max_options, temperature, flaw_letters)
-    return mcq_prompt(problem.prompt, options, template, option_template), LETTERS[label]
-
-
 class _BatchMaker:
     """Deterministic batch `step`: task answers, or (with mcq_fraction) judge questions."""
 
