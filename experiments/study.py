@@ -25,6 +25,7 @@ results.json, PNG plots; all logged to one MLflow parent run whose children are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -40,6 +41,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 from _setup import run_config  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ALPHAS = (0.0, 0.2, 0.5, 0.8, 1.0)
@@ -107,6 +109,19 @@ def sections(quick: bool) -> dict[str, list[Config]]:
         Config(f"beta_T={b}", (f"loss.beta_teacher={b}",) if b != 1 else ()) for b in (1, 3, 10)
     ]
     return out
+
+
+def effective(overrides: tuple[str, ...], cfg) -> tuple[str, ...]:
+    """`overrides` without the `key=value` ones whose value the composed preset `cfg` has."""
+    kept = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if "." in key:
+            current = OmegaConf.select(cfg, key, default=None)
+            if current is not None and str(current).lower() == value.lower():
+                continue
+        kept.append(item)
+    return tuple(kept)
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -228,8 +243,9 @@ def calibration_probe(cfg, prompts: int, n: int, seed: int) -> dict:
     from pad_lightning.toy.zoo import flawed
 
     student, tok_s, teacher, tok_t = load_pair(cfg.model)
-    _, val, _ = build_problems(cfg.data, log=lambda _: None)
-    problems = val[:prompts]
+    data = OmegaConf.merge(cfg.data, {"val_size": prompts}) if cfg.data.name == "toy" else cfg.data
+    _, val, _ = build_problems(data, log=lambda _: None)
+    problems = val[:prompts]  # the toy world draws `prompts` of them; a prompt set has its own
     roll = cfg.rollout
     sampling = SamplingConfig(roll.temperature, roll.top_p, roll.top_k, roll.max_new_tokens, 512)
     torch.manual_seed(seed)
@@ -598,7 +614,12 @@ def main() -> int:
         print("calibration probe (no training) ...", flush=True)
         probe = calibration_probe(cfg, args.probe_prompts, cfg.n, seed=0)
 
-    # every distinct (config, seed) once, across sections
+    # every distinct (config, seed) once, across sections (overrides the preset already has are
+    # dropped first, so that e.g. alpha=0.8 pairwise debiased shares the runs of PPD's defaults)
+    chosen = {
+        name: [dataclasses.replace(c, overrides=effective(c.overrides, cfg)) for c in configs]
+        for name, configs in chosen.items()
+    }
     unique: dict[tuple, Job] = {}
     for configs in chosen.values():
         for c in configs:
@@ -624,6 +645,13 @@ def main() -> int:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(one, jobs_list))
+    for job in jobs_list:  # runs reused from an earlier invocation join this parent too
+        run_id = (job.summary or {}).get("mlflow_run_id")
+        if job.reused and run_id:
+            try:
+                client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+            except mlflow.exceptions.MlflowException as err:  # another tracking store
+                print(f"study: cannot attach reused run {run_id}: {err}", flush=True)
 
     # per-prompt test evaluation of every trained student, the initial student and the teacher
     eval_cfg = run_config(

@@ -84,7 +84,12 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
 def _configs(cfg: DictConfig) -> tuple:
     roll = cfg.rollout
     sampling = SamplingConfig(
-        roll.temperature, roll.top_p, roll.top_k, roll.max_new_tokens, roll.generation_batch_size
+        roll.temperature,
+        roll.top_p,
+        roll.top_k,
+        roll.max_new_tokens,
+        roll.generation_batch_size,
+        roll.get("sampler", "inverse_cdf"),
     )
     cal = CalibrationConfig(
         cfg.calibration.name,

@@ -1,8 +1,10 @@
-"""Sampling n responses per prompt from the current student (HF generate with KV cache)."""
+"""Sampling n responses per prompt from the current student (KV-cached decoding: the
+inverse-CDF sampler of `pad_lightning.sampling` by default, or HF `generate`)."""
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +15,7 @@ from .chat import EncodedPair, encode_pairs, encode_prompt, pad_id
 from .divergence import TrainingDiverged, describe_nonfinite
 from .progress import phase
 from .rewards import score_pairs
+from .sampling import decode, hf_only_settings
 
 
 @dataclass
@@ -24,6 +27,7 @@ class SamplingConfig:
     top_k: int = 0
     max_new_tokens: int = 16
     batch_size: int = 256
+    sampler: str = "inverse_cdf"  # or "hf": transformers' generate (see pad_lightning.sampling)
 
 
 @dataclass
@@ -69,6 +73,15 @@ def generate(
     stops = stop_token_ids(model, tokenizer)
     padding = pad_id(tokenizer)
     per_call = max(1, sampling.batch_size // (1 if greedy else n))
+    own_sampler = sampling.sampler != "hf"
+    hf_only = hf_only_settings(getattr(model, "generation_config", None)) if own_sampler else []
+    if hf_only:
+        warnings.warn(
+            f"rollout.sampler={sampling.sampler}: the model's generation_config sets "
+            f"{', '.join(hf_only)}, which only transformers' generate applies; sampling with it",
+            stacklevel=2,
+        )
+        own_sampler = False
     texts: list[list[str]] = []
     lengths, truncated = [], []
     for start in range(0, len(prompts), per_call):
@@ -79,6 +92,31 @@ def generate(
         for i, e in enumerate(encoded):  # left padding: generation continues every row's end
             ids[i, width - len(e) :] = torch.tensor(e)
             attn[i, width - len(e) :] = 1
+        k = 1 if greedy else n
+        if own_sampler:  # each prompt's k rows side by side, as HF returns them
+            with torch.autocast(
+                device.type,
+                dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ):
+                new = decode(
+                    model,
+                    ids.repeat_interleave(k, 0).to(device),
+                    attn.repeat_interleave(k, 0).to(device),
+                    sampling.max_new_tokens,
+                    stops,
+                    padding,
+                    sampling.temperature,
+                    sampling.top_k,
+                    sampling.top_p,
+                    greedy=greedy,
+                    suppress=list(getattr(model.generation_config, "suppress_tokens", None) or []),
+                )
+            grouped, length, cut = _cut(new.cpu(), stops, tokenizer, skip_special_tokens, k)
+            texts.extend(grouped)
+            lengths.append(length)
+            truncated.append(cut)
+            continue
         kwargs = dict(
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=stops,
@@ -101,21 +139,27 @@ def generate(
             device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
             out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
-        new = out[:, width:].cpu()
-        is_stop = torch.isin(new, torch.tensor(stops))
-        ended = is_stop.any(-1)
-        first_stop = torch.where(ended, is_stop.int().argmax(-1), new.shape[1])
-        decoded = tokenizer.batch_decode(
-            [row[:k] for row, k in zip(new, first_stop.tolist(), strict=True)],
-            skip_special_tokens=skip_special_tokens,
-        )
-        k = 1 if greedy else n
-        texts.extend(decoded[i : i + k] for i in range(0, len(decoded), k))
-        lengths.append(first_stop + ended.long())
-        truncated.append(~ended)
+        grouped, length, cut = _cut(out[:, width:].cpu(), stops, tokenizer, skip_special_tokens, k)
+        texts.extend(grouped)
+        lengths.append(length)
+        truncated.append(cut)
     if was_training:
         model.train()
     return Generations(texts, torch.cat(lengths).float(), torch.cat(truncated))
+
+
+def _cut(new: torch.Tensor, stops: list[int], tokenizer, skip_special_tokens: bool, k: int):
+    """(texts grouped k per prompt, lengths with the stop token, truncated flags) of new tokens
+    [rows, steps], each row cut before its first stop token."""
+    is_stop = torch.isin(new, torch.tensor(stops))
+    ended = is_stop.any(-1)
+    first_stop = torch.where(ended, is_stop.int().argmax(-1), new.shape[1])
+    decoded = tokenizer.batch_decode(
+        [row[:j] for row, j in zip(new, first_stop.tolist(), strict=True)],
+        skip_special_tokens=skip_special_tokens,
+    )
+    grouped = [decoded[i : i + k] for i in range(0, len(decoded), k)]
+    return grouped, first_stop + ended.long(), ~ended
 
 
 @dataclass

@@ -14,6 +14,7 @@ from .losses import DIVERGENCES, max_group_size
 from .objectives import OBJECTIVES
 from .preference import MAX_DP_N
 from .prompts import DataError, check_data
+from .sampling import SAMPLERS
 from .tracking import tracking_problem
 
 DECOMPOSITIONS = ("none", "split", "iterative")
@@ -191,6 +192,8 @@ def check(cfg) -> None:
     number(roll.temperature, "rollout.temperature", low=0, low_open=True)
     number(roll.top_p, "rollout.top_p", low=0, high=1, low_open=True)
     number(roll.top_k, "rollout.top_k", integer=True, low=0, note=" (0 disables)")
+    sampler = roll.get("sampler", SAMPLERS[0])
+    _require(sampler in SAMPLERS, f"rollout.sampler={sampler!r}: valid: {', '.join(SAMPLERS)}")
     for key in (
         "max_new_tokens",
         "prompts_per_epoch",
