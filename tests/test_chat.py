@@ -239,3 +239,20 @@ def test_special_tokens_survive_decoding_and_are_scored(name):
         (done,) = encode_pairs(tok, ["rev abc"], [[decoded]])
         assert done.ids == pair.ids + [tok.eos_token_id]
     assert tok.decode(tok(texts[0])["input_ids"], skip_special_tokens=True).strip() == ""
+
+
+def test_same_tokenizer():
+    import copy
+
+    from tiny_models import make_tokenizer
+
+    from pad_lightning.chat import same_tokenizer
+
+    tok = build_char_tokenizer()
+    assert same_tokenizer(tok, tok)
+    assert same_tokenizer(tok, build_char_tokenizer())  # rebuilt: equal content
+    other = copy.deepcopy(tok)
+    other.chat_template = tok.chat_template.replace("<|assistant|>", "<|assistant|> ")
+    assert not same_tokenizer(tok, other)
+    assert not same_tokenizer(make_tokenizer("bytelevel"), make_tokenizer("metaspace"))
+    assert same_tokenizer(make_tokenizer("bytelevel"), make_tokenizer("bytelevel"))

@@ -272,3 +272,32 @@ def test_evaluate_teacher_reward_of_a_special_token_student_is_not_the_best(tok)
     assert out["answer_truncated"] == 1.0
     assert math.isfinite(out["teacher_reward"]) and out["teacher_reward"] < 0
     assert math.isfinite(out["loss"])
+
+
+def test_teacher_reuses_the_student_ids_when_the_tokenizers_are_the_same(
+    tok, model, teacher, monkeypatch
+):
+    """A teacher with the student's tokenizer (another object, same content) scores the student's
+    encoded pairs as they are; the text path (rendering again) gives the same rewards."""
+    import copy
+
+    from pad_lightning import chat, rollout
+
+    twin = copy.deepcopy(tok)
+    assert chat.same_tokenizer(tok, twin)
+    calibration = CalibrationConfig(name="none")
+    sampling = SamplingConfig(max_new_tokens=6)
+    encoded = []
+    real_encode = rollout.encode_pairs
+    monkeypatch.setattr(
+        rollout, "encode_pairs", lambda *a, **k: encoded.append(a[0]) or real_encode(*a, **k)
+    )
+    torch.manual_seed(0)
+    shared = collect(model, tok, teacher, twin, PROMPTS, 3, sampling, calibration)
+    assert encoded == [tok]  # the student's encoding only
+    monkeypatch.setattr(rollout, "same_tokenizer", lambda a, b: False)
+    torch.manual_seed(0)
+    text = collect(model, tok, teacher, twin, PROMPTS, 3, sampling, calibration)
+    assert encoded == [tok, tok, twin]  # the text path renders for the teacher again
+    assert shared.texts == text.texts
+    torch.testing.assert_close(shared.teacher_rewards, text.teacher_rewards, rtol=0, atol=0)

@@ -27,6 +27,29 @@ class ChatTemplateError(ValueError):
     """A tokenizer whose chat template cannot render prompt/response pairs as we need."""
 
 
+_SAME: dict[tuple[int, int], tuple[object, object, bool]] = {}
+
+
+def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """Whether `a` and `b` turn every conversation into the same token ids: the same object,
+    or the same fast tokenizer (vocabulary, merges, normalizer, pre-tokenizer, added tokens:
+    its serialised form), chat template and special tokens. Cached per pair of objects."""
+    if a is b:
+        return True
+    key = (id(a), id(b))
+    if key in _SAME and _SAME[key][0] is a and _SAME[key][1] is b:
+        return _SAME[key][2]
+    same = (
+        getattr(a, "is_fast", False)
+        and getattr(b, "is_fast", False)
+        and a.chat_template == b.chat_template
+        and a.special_tokens_map == b.special_tokens_map
+        and a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+    )
+    _SAME[key] = (a, b, bool(same))
+    return bool(same)
+
+
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id used for padding (padded positions are masked, so any id is correct)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .calibration import DEFAULT_OPTION_TEMPLATE, DEFAULT_TEMPLATE, mix, selection_log_probs
-from .chat import EncodedPair, encode_pairs, encode_prompt, pad_id
+from .chat import EncodedPair, encode_pairs, encode_prompt, pad_id, same_tokenizer
 from .divergence import TrainingDiverged, describe_nonfinite
 from .progress import phase
 from .rewards import score_pairs
@@ -251,7 +251,15 @@ def collect(
     if "teacher_tokens" in needs:  # the teacher's forward pass runs per batch (build_batch)
         tokens["teacher_tokens"] = sum(len(p.ids) for p in student_pairs)
     if "teacher_scores" in needs:
-        _teacher_scores(roll, teacher, teacher_tokenizer, calibration, max_tokens, autocast_dtype)
+        _teacher_scores(
+            roll,
+            student_tokenizer,
+            teacher,
+            teacher_tokenizer,
+            calibration,
+            max_tokens,
+            autocast_dtype,
+        )
     if "reference" in needs:
         started = time.perf_counter()
         with phase("reference log-probs"):
@@ -285,6 +293,7 @@ def collect(
 
 def _teacher_scores(
     roll: Rollout,
+    student_tokenizer: PreTrainedTokenizerBase,
     teacher: torch.nn.Module,
     teacher_tokenizer: PreTrainedTokenizerBase,
     calibration: CalibrationConfig,
@@ -295,9 +304,12 @@ def _teacher_scores(
     prompts, seconds, tokens = roll.prompts, roll.seconds, roll.tokens
     n = roll.lengths.shape[1]
     started = time.perf_counter()
-    teacher_pairs = encode_pairs(
-        teacher_tokenizer, prompts, roll.texts, finished=(~roll.truncated).tolist()
-    )
+    if same_tokenizer(student_tokenizer, teacher_tokenizer):  # the student's ids, as they are
+        teacher_pairs = roll.student_pairs
+    else:  # the text, rendered in the teacher's own template (see pad_lightning.chat)
+        teacher_pairs = encode_pairs(
+            teacher_tokenizer, prompts, roll.texts, finished=(~roll.truncated).tolist()
+        )
     device = next(teacher.parameters()).device
     with phase("teacher scoring"):
         rewards = score_pairs(
