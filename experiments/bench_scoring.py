@@ -10,6 +10,11 @@ length-sorted chunks and for fixed batches in rollout order (what a naive loop d
 A second table repeats the measurement with the toy teacher's architecture but a 32k-token
 vocabulary (random weights), where the LM head is a large part of the cost, as in real LMs.
 
+A third measures peak memory at a 256k-token vocabulary (token budget --vocab-tokens per pass):
+`score_pairs` with the LM head run on chunks of scored positions (`rewards.LOGIT_BUDGET`)
+against the same call with chunking off (every pass's [positions, 256k] logits at once), each in
+a fresh process (Linux peak resident memory, reset after a warm-up, above the level before).
+
 Run: ``.venv/bin/python experiments/bench_scoring.py [--prompts 256] [--n 8] [overrides]``.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from _setup import toy_setup
@@ -67,6 +73,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--vocab-pairs", type=int, default=256)
+    parser.add_argument("--vocab-tokens", type=int, default=4096)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     b = toy_setup(args, args.prompts)
@@ -111,6 +119,59 @@ def main() -> None:
                 f"{plain / ours:5.2f}x {scored / ours:12.0f}",
                 flush=True,
             )
+
+    big = large_vocab_copy(teacher, 262144)
+    few = pairs[: args.vocab_pairs]
+    tokens = sum(len(p.ids) for p in few)
+    print(f"\n256k vocabulary: {len(few)} pairs, {tokens} tokens, token budget {args.vocab_tokens}")
+    print(f"{'LM head':<34} {'peak MB':>8} {'seconds':>8}")
+    results = {}
+    for label, budget in (("all scored positions at once", 1 << 62), ("chunked", None)):
+        from pad_lightning.rewards import LOGIT_BUDGET
+
+        mb, seconds, out = peak_memory(big, few, padding, args.vocab_tokens, budget or LOGIT_BUDGET)
+        results[label] = (mb, out)
+        print(f"{label:<34} {mb:8.0f} {seconds:8.2f}", flush=True)
+    (full_mb, full), (chunk_mb, chunked) = results.values()
+    print(
+        f"chunked / full peak memory: {chunk_mb / full_mb:.2f}; largest reward difference "
+        f"{float((full - chunked).abs().max()):.1e}"
+    )
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _peak_child(queue, model, pairs, padding, max_tokens, budget) -> None:
+    from pad_lightning import rewards
+
+    torch.set_num_threads(2)
+    rewards.LOGIT_BUDGET = budget
+    score_pairs(model, pairs[:2], padding, max_tokens)  # warm-up (and the head check)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: reset the peak resident set size (VmHWM) to the current one
+    before = _status_mb("VmRSS")
+    start = time.perf_counter()
+    out = score_pairs(model, pairs, padding, max_tokens)
+    seconds = time.perf_counter() - start
+    queue.put((_status_mb("VmHWM") - before, seconds, out.tolist()))
+
+
+def peak_memory(model, pairs, padding: int, max_tokens: int, budget: int):
+    """(peak MB above the baseline, seconds, rewards) of score_pairs in a fresh process."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_child, args=(queue, model, pairs, padding, max_tokens, budget))
+    proc.start()
+    mb, seconds, out = queue.get()
+    proc.join()
+    return mb, seconds, torch.tensor(out)
 
 
 if __name__ == "__main__":

@@ -159,3 +159,46 @@ def test_a_row_without_scored_tokens_is_an_error_not_the_best_reward(tok, model)
         sequence_rewards(model, pad_pairs([pair, empty], tok.pad_token_id))
     with pytest.raises(ValueError, match="no scored token"):
         score_pairs(model, [pair, empty], tok.pad_token_id)
+
+
+def test_chunked_lm_head_equals_the_full_one(tok, make_model, monkeypatch):
+    """Above LOGIT_BUDGET the LM head runs on chunks of scored positions: the same log-probs and
+    the same gradients (each chunk recomputed in backward), while a model whose logits are
+    post-processed after the head keeps the full forward."""
+    from pad_lightning import rewards
+    from pad_lightning.rewards import split_head, token_log_probs
+
+    batch = pad_pairs(_pairs(tok), tok.pad_token_id)
+    full_model, chunked_model = make_model(0), make_model(0)
+    full = token_log_probs(full_model, batch)
+    full.sum().backward()
+    vocab = full_model.config.vocab_size
+    monkeypatch.setattr(rewards, "LOGIT_BUDGET", 3 * vocab)  # chunks of 3 positions
+    assert split_head(chunked_model, batch) is not None
+    calls = []
+    real = rewards._picked_log_probs
+    monkeypatch.setattr(rewards, "_picked_log_probs", lambda *a: calls.append(1) or real(*a))
+    chunked = token_log_probs(chunked_model, batch)
+    scored = int(batch.score_mask[:, 1:].sum())
+    assert len(calls) == -(-scored // 3) > 1
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+    chunked.sum().backward()
+    for (name, a), b in zip(full_model.named_parameters(), chunked_model.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+    class Capped(type(full_model)):  # logits soft-capped after the head (as Gemma 2 does)
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = 5 * torch.tanh(out.logits / 5)
+            return out
+
+    capped = make_model(0)
+    capped.__class__ = Capped
+    assert split_head(capped, batch) is None
+    with torch.no_grad():
+        expected = torch.nn.functional.log_softmax(capped(batch.input_ids).logits, -1)
+    got = token_log_probs(capped, batch)
+    row, t = batch.score_mask.nonzero()[0].tolist()
+    torch.testing.assert_close(
+        got[row, t], expected[row, t - 1, batch.input_ids[row, t]], rtol=1e-5, atol=1e-5
+    )

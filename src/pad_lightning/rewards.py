@@ -76,17 +76,86 @@ def response_logits(model: torch.nn.Module, batch: PaddedBatch) -> tuple[torch.T
     return logits_at(model, batch, batch.input_ids.shape[1] - first), first
 
 
+LOGIT_BUDGET = 1 << 24
+"""Logits (positions x vocabulary) one LM-head chunk may hold: 64 MB in float32. Above this
+many scored positions x vocabulary, `token_log_probs` runs the LM head chunk by chunk."""
+
+
+def _picked_log_probs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
+    logits = head(hidden).float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+_SPLITS: dict[tuple, bool] = {}
+
+
+def split_head(model: torch.nn.Module, batch: PaddedBatch):
+    """(body, head) with head(body(...).last_hidden_state) equal to the model's logits, or None
+    (a model whose logits are post-processed, e.g. soft-capped: then the full forward is used).
+
+    Checked once per model class and vocabulary on the first row of `batch`."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(inner, "base_model", None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if body is None or body is inner or head is None:
+        return None
+    key = (type(inner), getattr(inner.config, "vocab_size", None))
+    if key not in _SPLITS:
+        ids, attn = batch.input_ids[:1, :8], batch.attention_mask[:1, :8]
+        with torch.no_grad():
+            full = inner(input_ids=ids, attention_mask=attn).logits.float()
+            hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state
+            _SPLITS[key] = torch.allclose(head(hidden).float(), full, rtol=1e-4, atol=1e-4)
+    return (body, head) if _SPLITS[key] else None
+
+
 def token_log_probs(model: torch.nn.Module, batch: PaddedBatch) -> torch.Tensor:
-    """log pi(ids[t] | ids[<t]) at every scored position, 0 elsewhere; shape [N, L]."""
+    """log pi(ids[t] | ids[<t]) at every scored position, 0 elsewhere; shape [N, L].
+
+    Only positions that predict a scored token go through a softmax over the vocabulary. When
+    those positions times the vocabulary exceed `LOGIT_BUDGET` (real vocabularies), the LM head
+    runs on chunks of them in turn, so that no [positions, vocabulary] tensor exists at once;
+    under autograd each chunk's logits are recomputed in backward instead of kept.
+    """
+    targets_all = batch.input_ids[:, 1:]
+    mask_all = batch.score_mask[:, 1:]
+    scored = int(mask_all.sum())
+    vocab = _vocab_size(model)
+    split = split_head(model, batch) if vocab and scored * vocab > LOGIT_BUDGET else None
+    if split is not None:
+        body, head = split
+        hidden = body(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state[:, :-1][mask_all]
+        targets = targets_all[mask_all]
+        rows = max(1, LOGIT_BUDGET // vocab)
+        parts = []
+        for start in range(0, len(targets), rows):
+            h, t = hidden[start : start + rows], targets[start : start + rows]
+            if torch.is_grad_enabled() and h.requires_grad:
+                parts.append(
+                    torch.utils.checkpoint.checkpoint(
+                        _picked_log_probs, head, h, t, use_reentrant=False
+                    )
+                )
+            else:
+                parts.append(_picked_log_probs(head, h, t))
+        logp = torch.cat(parts)
+        out = torch.zeros(targets_all.shape, dtype=logp.dtype, device=logp.device)
+        return torch.nn.functional.pad(out.masked_scatter(mask_all, logp), (1, 0))
     logits, first = response_logits(model, batch)
     targets = batch.input_ids[:, first + 1 :]
     mask = batch.score_mask[:, first + 1 :]
-    # Only positions that predict a scored token need a softmax over the vocabulary.
     picked = logits[:, :-1][mask].float()
     logp = picked.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)
     out = torch.zeros(targets.shape, dtype=logp.dtype, device=logp.device)
     out = out.masked_scatter(mask, logp)
     return torch.nn.functional.pad(out, (first + 1, 0))
+
+
+def _vocab_size(model: torch.nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "vocab_size", None) if config is not None else None
 
 
 def scored_counts(score_mask: torch.Tensor) -> torch.Tensor:
