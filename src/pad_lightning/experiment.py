@@ -261,6 +261,7 @@ def _run(
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.get("num_nodes", 1),
         strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
@@ -299,6 +300,12 @@ def _run(
     logger.hold_metrics = False
     logger.commit()
     fit_seconds = time.perf_counter() - fit_started
+    # the last validation's metrics (what a sweeper such as Optuna should select on, not test)
+    validation = {
+        k[len("val/") :]: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("val/")
+    }
     interrupts.fault("final_eval")
     after = _test(trainer, module, datamodule)
 
@@ -306,6 +313,7 @@ def _run(
         "before": before,
         "after": after,
         "delta": {k: after[k] - before[k] for k in after if k in before},
+        "val": validation,
         "timings": {
             "total_s": time.perf_counter() - started,
             "fit_s": fit_seconds,

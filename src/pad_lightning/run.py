@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import json
 import signal
 import sys
 from pathlib import Path
@@ -119,7 +120,7 @@ def _one_line_config_errors() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -200,6 +201,26 @@ def main(cfg: DictConfig) -> None:
         return fail(f"error: {where}{err.strerror or err}")
     if summary_path is not None:  # global rank 0
         print(summary_path)
+        return objective_value(json.loads(summary_path.read_text()), cfg.get("objective"))
+    return None
+
+
+def objective_value(summary: dict, name: str | None) -> float | None:
+    """The summary metric `objective` names (`val/<metric>`, `after/<metric>`, `delta/<metric>`)
+    that the run returns to Hydra: what a sweeper that optimises (Optuna) maximises or
+    minimises. None, with a line on stderr, when the run did not measure it."""
+    if not name:
+        return None
+    part, _, metric = str(name).partition("/")
+    value = summary.get(part, {}).get(metric) if isinstance(summary.get(part), dict) else None
+    if value is None:
+        print(
+            f"objective={name}: not measured by this run (validation runs every "
+            "trainer.val_every_n_epochs epochs; val/* needs one during the fit)",
+            file=sys.stderr,
+        )
+        return None
+    return float(value)
 
 
 def cli() -> None:

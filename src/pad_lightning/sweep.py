@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 PARENT_FILE = "mlflow_parent.json"
 _failures: list[str] = []  # jobs of this process's sweep that failed (one line each)
@@ -97,6 +97,12 @@ class MlflowSweep(Callback):
         named = naming_overrides(overrides)
         varying = [o for o in named if override_key(o) in swept]
         shared = [o for o in named if override_key(o) not in swept]
+        # a sweeper with its own search space (Optuna: hydra.sweeper.params) sweeps those keys
+        space = OmegaConf.select(config, "hydra.sweeper.params") or {}
+        if space and "_target_" in config.hydra.sweeper:
+            sweeper = str(config.hydra.sweeper._target_).rsplit(".", 1)[-1].replace("Sweeper", "")
+            swept = swept + [str(k) for k in space if str(k) not in swept]
+            varying.append(f"{sweeper.lower()}({', '.join(str(k) for k in space)})")
         name = "sweep: " + " ".join(varying) + (f" ({' '.join(shared)})" if shared else "")
         run = client.create_run(exp_id, run_name=name[:250], tags=tags)
         info = {
@@ -140,6 +146,9 @@ class MlflowSweep(Callback):
             compare([str(sweep_dir)])
         except Exception as err:  # noqa: BLE001 - the jobs' results stand without the table
             print(f"compare: {err}", file=sys.stderr)
+        results = sweep_dir / "optimization_results.yaml"  # Optuna's best parameters
+        if info is not None and results.is_file():
+            _client(info["tracking_uri"]).log_artifact(info["run_id"], str(results))
         if info is not None:
             set_parent_status(sweep_dir, "FAILED" if failed else "FINISHED")
         if failed:

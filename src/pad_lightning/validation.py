@@ -188,6 +188,15 @@ def check(cfg) -> None:
             f"are only {len(LETTERS)} option letters; use calibration.mode=pairwise",
         )
 
+    objective = cfg.get("objective")
+    if objective is not None:
+        part, _, metric = str(objective).partition("/")
+        _require(
+            part in ("val", "after", "delta") and bool(metric),
+            f"objective={objective!r}: valid: null, val/<metric>, after/<metric> or "
+            "delta/<metric> (e.g. val/exact_match)",
+        )
+    number(cfg.trainer.get("num_nodes", 1), "trainer.num_nodes", integer=True, low=1)
     roll = cfg.rollout
     number(roll.temperature, "rollout.temperature", low=0, low_open=True)
     number(roll.top_p, "rollout.top_p", low=0, high=1, low_open=True)
