@@ -14,8 +14,8 @@ stopped by SIGTERM or Ctrl-C exits with 128 + the signal number and prints how t
 from __future__ import annotations
 
 import itertools
-import os
 import json
+import os
 import signal
 import sys
 from pathlib import Path
