@@ -29,11 +29,12 @@ lint: setup ## ruff check and format check
 	$(VENV)/bin/ruff check src tests experiments
 	$(VENV)/bin/ruff format --check src tests experiments
 
-bench: setup ## Benchmarks: preference math, teacher scoring, calibration (ratios vs references run alongside)
+bench: setup ## Benchmarks: preference math, scoring, calibration, sampling (ratios vs references run alongside)
 	$(OFFLINE) $(PY) experiments/bench_preference.py
 	$(OFFLINE) $(PY) experiments/bench_ranking_precision.py
 	$(OFFLINE) $(PY) experiments/bench_scoring.py
 	$(OFFLINE) $(PY) experiments/bench_calibration.py
+	$(OFFLINE) $(PY) experiments/bench_sampling.py
 
 bench-epoch: setup ## Epoch time of the default run: this tree vs REF (default c719095), n=4 vs n=8
 	$(OFFLINE) $(PY) experiments/bench_epoch.py $(if $(REF),--ref $(REF),)
