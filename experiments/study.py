@@ -323,7 +323,7 @@ def section_table(name: str, configs: list[Config], jobs: dict, reference: Confi
         "setting",
         "runs",
         *(t for _, t in METRICS),
-        "EM - PPD [95% CI]",
+        f"EM - {reference.label} [95% CI]",
         "wall s",
         "teacher tokens",
         "generated tokens",
