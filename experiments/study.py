@@ -51,6 +51,7 @@ SCHEMES = {  # calibration schemes: name -> overrides
     "pairwise one order": ("calibration.mode=pairwise", "calibration.debias=false"),
 }
 BOOTSTRAP = 2000
+SCALE_CONTROL = "alpha=0, beta_T=0.2 (r_T at the scale of alpha=0.8)"
 EVAL_PROMPTS = 512  # test prompts of the study's own greedy evaluation of every student
 
 
@@ -87,7 +88,12 @@ def sections(quick: bool) -> dict[str, list[Config]]:
     out = {"methods": methods}
     if quick:
         return out
-    calibration = [Config("alpha=0", ("calibration.alpha=0",))]
+    calibration = [
+        Config("alpha=0", ("calibration.alpha=0",)),
+        # t = 0.2 r_T + 0.8 log p_sel also scales r_T by 0.2: PPD's teacher distribution gets
+        # 5x softer whatever the judge says. This control has that scale and no judge.
+        Config(SCALE_CONTROL, ("calibration.alpha=0", "loss.beta_teacher=0.2")),
+    ]
     for scheme, overrides in SCHEMES.items():
         for alpha in ALPHAS[1:]:
             calibration.append(
@@ -156,7 +162,7 @@ def run_job(job: Job, args, parent_id: str, epochs: int, threads: int) -> Job:
         f"trainer.num_threads={threads}",
         f"logger.tracking_uri={args.tracking_uri}",
         f"logger.parent_run_id={parent_id}",
-        f"logger.run_name='study: {job.config.label} seed={job.seed}'",
+        f"logger.run_name='study: {job.config.label.replace(chr(39), '')} seed={job.seed}'",
         f"hydra.run.dir={job.run_dir}",
         *args.extra,
     ]
@@ -436,6 +442,19 @@ def verdicts(em: dict, probe: dict | None, jobs: dict) -> list[str]:
             f"- (b') training with alpha 0.8 beats alpha 0: **{verdict}** — "
             + "; ".join(t for t, _ in trained)
             + "."
+        )
+    judged = [compare_text(em, f"alpha=0.8 {s}", SCALE_CONTROL) for s in SCHEMES]
+    judged = [t for t in judged if t]
+    if judged:  # the judge's share of (b'): alpha 0.8 against r_T at the same scale
+        words = [w for _, w in judged]
+        verdict = (
+            "refuted"
+            if "lower" in words
+            else ("confirmed" if all(w == "higher" for w in words) else "inconclusive")
+        )
+        lines.append(
+            f"- (b'') the judge, not the scale of t, makes alpha 0.8 better (against r_T scaled "
+            f"by 0.2, no judge): **{verdict}** — " + "; ".join(t for t, _ in judged) + "."
         )
     for k, mode in (("4", "split"), ("4", "iterative")):
         c = compare_text(em, f"n=8 {mode} k={k}", "n=8")
