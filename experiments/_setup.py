@@ -45,3 +45,17 @@ def toy_setup(args, prompts: int):
         sampling=SamplingConfig(roll.temperature, roll.top_p, roll.top_k, roll.max_new_tokens),
         dtype=resolve_inference_dtype(cfg.trainer.inference_dtype, "cpu"),
     )
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls of `fn`, after one warm-up call."""
+    import statistics
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

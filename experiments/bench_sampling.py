@@ -15,25 +15,13 @@ Run: ``.venv/bin/python experiments/bench_sampling.py [--threads 2] [--rows 256]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from _setup import run_config
+from _setup import median_time, run_config
 
 from pad_lightning.sampling import sample_tokens
 
 TARGET = 5.0
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def hf_step(logits: torch.Tensor) -> torch.Tensor:
@@ -79,8 +67,8 @@ def main() -> None:
     ratios = {}
     for vocab in (104, 32768, 262144):
         logits = torch.randn(args.rows, vocab) * 2
-        hf = timed(lambda logits=logits: hf_step(logits), args.repeats)
-        ours = timed(lambda logits=logits: sample_tokens(logits), args.repeats)
+        hf = median_time(lambda logits=logits: hf_step(logits), args.repeats)
+        ours = median_time(lambda logits=logits: sample_tokens(logits), args.repeats)
         ratios[vocab] = hf / ours
         print(f"{vocab:>8} {hf:>9.4f} {ours:>9.4f} {hf / ours:>8.1f}x")
 
@@ -109,7 +97,7 @@ def main() -> None:
     seconds = {}
     for sampler in ("hf", "inverse_cdf"):
         cfg = SamplingConfig(max_new_tokens=16, batch_size=args.rows, sampler=sampler)
-        seconds[sampler] = timed(
+        seconds[sampler] = median_time(
             lambda cfg=cfg: generate(model, tok, prompts, n, cfg), max(1, args.repeats // 2)
         )
     rollout = seconds["hf"] / seconds["inverse_cdf"]

@@ -21,26 +21,15 @@ Run: ``.venv/bin/python experiments/bench_scoring.py [--prompts 256] [--n 8] [ov
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
 import torch
-from _setup import toy_setup
+from _setup import median_time, toy_setup
 
 from pad_lightning.chat import encode_pairs, pad_id
 from pad_lightning.rewards import pad_pairs, score_pairs, token_budget_chunks
 from pad_lightning.rollout import generate
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()

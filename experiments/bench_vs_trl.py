@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import tempfile
-import time
 import warnings
 
 import torch
-from _setup import run_config
+from _setup import median_time, run_config
 
 TARGETS = {104: 1.2, 32768: 10.0}  # the throughput targets (GKD seconds / PAD seconds)
 
@@ -49,16 +47,6 @@ def padded(model, vocab: int, seed: int):
             }:
                 weights[old:] = torch.randn(weights[old:].shape, generator=gen) * 0.02
     return model
-
-
-def timed(step, repeats: int) -> float:
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def pad_step(student, teacher, tok, prompts: list[str], max_new_tokens: int):
@@ -168,12 +156,12 @@ def main() -> None:
         prompts = [p.prompt for p in sample_problems(["reverse"], "val", rows // 4, seed=0)]
         teacher = padded(base_teacher, vocab, seed=1).eval().requires_grad_(False)
         torch.manual_seed(0)
-        pad = timed(
+        pad = median_time(
             pad_step(padded(base_student, vocab, 2), teacher, tok, prompts, args.max_new_tokens),
             args.repeats,
         )
         with tempfile.TemporaryDirectory() as workdir:
-            gkd = timed(
+            gkd = median_time(
                 gkd_step(
                     padded(base_student, vocab, 2),
                     teacher,

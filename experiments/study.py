@@ -430,32 +430,25 @@ def verdicts(em: dict, probe: dict | None, jobs: dict) -> list[str]:
             f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] in Kendall tau; " + "; ".join(parts) + "."
         )
     trained = [compare_text(em, f"alpha={a} {s}", "alpha=0") for s in SCHEMES for a in (0.8,)]
-    trained = [t for t in trained if t]
-    if trained:
-        words = [w for _, w in trained]
-        verdict = (
-            "refuted"
-            if "lower" in words
-            else ("confirmed" if all(w == "higher" for w in words) else "inconclusive")
-        )
-        lines.append(
-            f"- (b') training with alpha 0.8 beats alpha 0: **{verdict}** — "
-            + "; ".join(t for t, _ in trained)
-            + "."
-        )
     judged = [compare_text(em, f"alpha=0.8 {s}", SCALE_CONTROL) for s in SCHEMES]
-    judged = [t for t in judged if t]
-    if judged:  # the judge's share of (b'): alpha 0.8 against r_T at the same scale
-        words = [w for _, w in judged]
-        verdict = (
-            "refuted"
-            if "lower" in words
-            else ("confirmed" if all(w == "higher" for w in words) else "inconclusive")
-        )
-        lines.append(
-            f"- (b'') the judge, not the scale of t, makes alpha 0.8 better (against r_T scaled "
-            f"by 0.2, no judge): **{verdict}** — " + "; ".join(t for t, _ in judged) + "."
-        )
+    for claim, found in (
+        ("(b') training with alpha 0.8 beats alpha 0", trained),
+        # the judge's share of (b'): alpha 0.8 against r_T at the same scale
+        (
+            "(b'') the judge, not the scale of t, makes alpha 0.8 better (against r_T scaled "
+            "by 0.2, no judge)",
+            judged,
+        ),
+    ):
+        found = [t for t in found if t]
+        if found:
+            words = [w for _, w in found]
+            verdict = (
+                "refuted"
+                if "lower" in words
+                else ("confirmed" if all(w == "higher" for w in words) else "inconclusive")
+            )
+            lines.append(f"- {claim}: **{verdict}** — " + "; ".join(t for t, _ in found) + ".")
     for k, mode in (("4", "split"), ("4", "iterative")):
         c = compare_text(em, f"n=8 {mode} k={k}", "n=8")
         if c:
