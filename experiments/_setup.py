@@ -59,3 +59,25 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def padded_vocab(model, vocab: int, seed: int):
+    """A copy of `model` whose vocabulary is padded to `vocab`: the added ids get small random
+    embeddings (a little real probability mass, as unused tokens of a real model have; tied
+    embeddings are one matrix)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model)
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab > old:
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for weights in {
+                model.get_input_embeddings().weight,
+                model.get_output_embeddings().weight,
+            }:
+                weights[old:] = torch.randn(weights[old:].shape, generator=gen) * 0.02
+    return model

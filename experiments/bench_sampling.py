@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _setup import median_time, run_config
+from _setup import median_time, padded_vocab, run_config
 
 from pad_lightning.sampling import sample_tokens
 
@@ -44,11 +44,8 @@ def padded_student(vocab: int):
 
     root = ensure_zoo(zoo_config(run_config([]).model.zoo))
     model = AutoModelForCausalLM.from_pretrained(root / "student").eval()
+    model = padded_vocab(model, vocab, seed=0)
     tok = build_char_tokenizer()
-    if vocab > len(tok):
-        model.resize_token_embeddings(vocab, mean_resizing=False)
-        with torch.no_grad():  # unused ids: real logits, negligible mass (as in a real model)
-            model.get_output_embeddings().weight[len(tok) :].normal_(0, 0.02)
     return model, tok
 
 

@@ -23,30 +23,13 @@ Run: ``.venv/bin/python experiments/bench_vs_trl.py [--rows 256] [--threads 2]``
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import warnings
 
 import torch
-from _setup import median_time, run_config
+from _setup import median_time, padded_vocab, run_config
 
 TARGETS = {104: 1.2, 32768: 10.0}  # the issue's throughput targets (GKD seconds / PAD seconds)
-
-
-def padded(model, vocab: int, seed: int):
-    """A copy of `model` whose vocabulary is padded to `vocab` (tied embeddings: one matrix)."""
-    model = copy.deepcopy(model)
-    old = model.get_input_embeddings().weight.shape[0]
-    if vocab > old:
-        model.resize_token_embeddings(vocab, mean_resizing=False)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for weights in {
-                model.get_input_embeddings().weight,
-                model.get_output_embeddings().weight,
-            }:
-                weights[old:] = torch.randn(weights[old:].shape, generator=gen) * 0.02
-    return model
 
 
 def pad_step(student, teacher, tok, prompts: list[str], max_new_tokens: int):
@@ -154,16 +137,18 @@ def main() -> None:
     for vocab in (int(v) for v in args.vocabs.split(",")):
         rows = args.big_rows if vocab > 100_000 else args.rows
         prompts = [p.prompt for p in sample_problems(["reverse"], "val", rows // 4, seed=0)]
-        teacher = padded(base_teacher, vocab, seed=1).eval().requires_grad_(False)
+        teacher = padded_vocab(base_teacher, vocab, seed=1).eval().requires_grad_(False)
         torch.manual_seed(0)
         pad = median_time(
-            pad_step(padded(base_student, vocab, 2), teacher, tok, prompts, args.max_new_tokens),
+            pad_step(
+                padded_vocab(base_student, vocab, 2), teacher, tok, prompts, args.max_new_tokens
+            ),
             args.repeats,
         )
         with tempfile.TemporaryDirectory() as workdir:
             gkd = median_time(
                 gkd_step(
-                    padded(base_student, vocab, 2),
+                    padded_vocab(base_student, vocab, 2),
                     teacher,
                     tok,
                     prompts * 4,
