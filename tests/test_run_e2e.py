@@ -423,7 +423,7 @@ def test_ddp_on_two_cpu_processes_writes_one_summary_into_one_mlflow_run(tmp_pat
         tmp_path,
         "trainer.accelerator=cpu",
         "trainer.devices=2",
-        "trainer.strategy=ddp",
+        "strategy=ddp",
         f"hydra.run.dir={tmp_path}/run",
     )
     printed = [line for line in proc.stdout.splitlines() if line.endswith("summary.json")]

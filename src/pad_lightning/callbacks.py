@@ -14,6 +14,17 @@ from .metrics import quality_matrix
 from .rewards import score_pairs
 
 
+def per_rank(trainer, values: dict[str, float]) -> dict[str, float]:
+    """`values` of every rank, as `<key>/rank<r>` (a collective)."""
+    keys = sorted(values)
+    table = trainer.strategy.all_gather(torch.tensor([float(values[k]) for k in keys]))
+    return {
+        f"{key}/rank{r}": float(row[i])
+        for r, row in enumerate(table.view(-1, len(keys)))
+        for i, key in enumerate(keys)
+    }
+
+
 def peak_memory_mb() -> dict[str, float]:
     """Peak resident memory of this process, and peak CUDA allocation when on a GPU."""
     out = {"memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -225,9 +236,19 @@ class RolloutLogger(L.Callback):
         stats["time/validation_s"] = self._validation
         stats["time/other_s"] = max(0.0, elapsed - self._training - self._validation - rollout_s)
         stats.update(peak_memory_mb())
+        if trainer.world_size > 1:  # every rank's peak (a collective: all ranks are here)
+            stats.update(per_rank(trainer, peak_memory_mb()))
         epoch = trainer.current_epoch
         stats["epoch"] = epoch
         self.history.append(stats)
+        last = epoch + 1 >= trainer.max_epochs
+        table_due = (
+            bool(dm.epoch_stats) and self.table_every and (epoch % self.table_every == 0 or last)
+        )
+        if table_due:  # the table scores with the student: under FSDP every rank gathers it
+            with pl_module.gathered():
+                if trainer.is_global_zero:
+                    self._log_table(trainer, epoch)
         if not trainer.is_global_zero:
             return
         if trainer.logger is not None:
@@ -235,9 +256,6 @@ class RolloutLogger(L.Callback):
                 {mlflow_key(k): v for k, v in stats.items() if k != "epoch"},
                 step=self._epoch_start_step,
             )
-        last = epoch + 1 >= trainer.max_epochs
-        if dm.epoch_stats and self.table_every and (epoch % self.table_every == 0 or last):
-            self._log_table(trainer, epoch)
         self._elapsed.append(elapsed)
         if self.print_every and ((epoch + 1) % self.print_every == 0 or epoch == 0 or last):
             recent = self._elapsed[-20:]
@@ -278,4 +296,6 @@ class RolloutLogger(L.Callback):
         for key in {k for h in self.history for k in h if k.startswith("tokens/")}:
             out[f"total_{key[len('tokens/') :]}_tokens"] = sum(h.get(key, 0) for h in self.history)
         out["epochs"] = len(self.history)
+        if self.history:  # peaks are running maxima: the last epoch's are the run's
+            out.update({k: v for k, v in self.history[-1].items() if k.startswith("memory/")})
         return out

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -115,11 +116,36 @@ class RollingCheckpoint(ModelCheckpoint):
     def _prune(self) -> None:
         files = sorted(Path(self.dirpath).glob("epoch*.ckpt"))
         for old in files[: -self.keep]:
-            old.unlink(missing_ok=True)
+            if old.is_dir():  # a distributed (FSDP) checkpoint
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
+def read_header(path: Path) -> dict:
+    """The loop state of a checkpoint (epoch, global step, ...): a Lightning file (memory-mapped,
+    so the weights are not read) or a distributed checkpoint directory (its meta.pt)."""
+    from .sharding import META
+
+    path = Path(path)
+    if path.is_dir():
+        return torch.load(path / META, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 
 def _readable(path: Path) -> str | None:
-    """None if `path` loads as a Lightning checkpoint with a state dict, else why not."""
+    """None if `path` loads as a Lightning checkpoint with a state dict (or is a complete
+    distributed checkpoint directory), else why not."""
+    if path.is_dir():
+        from .sharding import META
+
+        if not (path / ".metadata").is_file() or not (path / META).is_file():
+            return "an incomplete distributed checkpoint (no .metadata or meta.pt)"
+        try:
+            header = read_header(path)
+        except Exception as err:
+            return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        return None if isinstance(header, dict) and "epoch" in header else "no loop state"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # as Lightning loads it
     except Exception as err:  # truncated zip, random bytes, pickle errors

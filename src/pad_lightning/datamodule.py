@@ -98,19 +98,20 @@ class RolloutDataModule(L.LightningDataModule):
         """Sample, score and calibrate one round with the module's current student."""
         fault("rollout")
         module = self.trainer.lightning_module
-        roll = collect(
-            module.student,
-            module.student_tokenizer,
-            module.teacher,
-            module.teacher_tokenizer,
-            [p.prompt for p in problems],
-            self.cfg.n,
-            self.sampling,
-            self.calibration,
-            self.cfg.max_tokens,
-            module._autocast_dtype(),
-            module.extras([getattr(p, "reference", None) for p in problems]),
-        )
+        with module.gathered():  # FSDP: weights gathered once for the whole rollout
+            roll = collect(
+                module.student,
+                module.student_tokenizer,
+                module.teacher,
+                module.teacher_tokenizer,
+                [p.prompt for p in problems],
+                self.cfg.n,
+                self.sampling,
+                self.calibration,
+                self.cfg.max_tokens,
+                module._autocast_dtype(),
+                module.extras([getattr(p, "reference", None) for p in problems]),
+            )
         self.last_rollout, self.last_problems = roll, problems
         self.epoch_stats.append(rollout_stats(roll, problems, module.loss_cfg.beta_teacher))
         return roll

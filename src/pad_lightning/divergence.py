@@ -29,8 +29,11 @@ def describe_nonfinite(what: str, tensor: torch.Tensor) -> str | None:
 
 
 def first_nonfinite(named: list[tuple[str, torch.Tensor | None]]) -> str | None:
-    """Name of the first tensor with a non-finite entry (None entries are skipped)."""
+    """Name of the first tensor with a non-finite entry (None entries are skipped). A sharded
+    (DTensor) entry is checked on this rank's shard: the caller makes the ranks agree."""
     for name, tensor in named:
+        if tensor is not None and hasattr(tensor, "to_local"):
+            tensor = tensor.to_local()
         if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
             return name
     return None

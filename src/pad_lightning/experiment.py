@@ -37,6 +37,7 @@ from .objectives import LOSS_KNOBS, LossConfig, objective
 from .progress import RunProgress
 from .resume import check_epochs
 from .rollout import CalibrationConfig, SamplingConfig
+from .sharding import full_state_dict, sharding_config, trainer_strategy
 from .tracking import (
     RunLogger,
     log_datasets,
@@ -181,6 +182,7 @@ def run_experiment(
         EvalConfig(cfg.n, sampling, cal, rollout.max_tokens, cfg.seed, rollout.batch_size),
         total_steps=state["schedule_epochs"] * steps_per_epoch,
         inference_dtype=cfg.trainer.inference_dtype,
+        sharding=sharding_config(cfg),
     )
     datamodule = RolloutDataModule(
         train, val, test, rollout, sampling, cal, cfg.seed, cfg.data.eval_batch_size
@@ -262,7 +264,7 @@ def _run(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.get("num_nodes", 1),
-        strategy=cfg.trainer.strategy,
+        strategy=trainer_strategy(cfg),
         precision=cfg.trainer.precision,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         accumulate_grad_batches=accumulate,
@@ -325,9 +327,15 @@ def _run(
         "run_dir": str(run_dir),
         "resumed": resuming,
     }
+    full_student = full_state_dict(module.student)  # FSDP: consolidated on rank 0 (collective)
     if trainer.is_global_zero:
+        _log_scale(logger, module, summary)
         student_dir = save_student(
-            module.student, module.student_tokenizer, run_dir / "student", cfg.model.student
+            module.student,
+            module.student_tokenizer,
+            run_dir / "student",
+            cfg.model.student,
+            state_dict=full_student,
         )
         summary_file = run_dir / "summary.json"
         write_atomic(summary_file, json.dumps(summary, indent=2))
@@ -338,6 +346,28 @@ def _run(
         report(summary)
         return summary_file
     return None
+
+
+def _log_scale(logger: RunLogger, module: PADModule, summary: dict) -> None:
+    """Wall time, and per rank the peak memory and (FSDP) the parameters each rank stores."""
+    times = summary["timings"]
+    metrics = {"system/time/fit_s": times["fit_s"], "system/time/total_s": times["total_s"]}
+    metrics.update({f"system/{k}": v for k, v in times.items() if k.startswith("memory/")})
+    logger.log_metrics(metrics, step=int(module.global_step))
+    if module.local_params:
+        params = {
+            f"sharding.{role}_params_rank{r}": n
+            for role, counts in module.local_params.items()
+            for r, n in enumerate(counts)
+        }
+        logger.log_hyperparams(params)
+        student = module.local_params["student"]
+        console.print(
+            "fsdp: student parameters stored per rank "
+            + ", ".join(f"rank {r}: {n:,}" for r, n in enumerate(student))
+            + f" (of {sum(student):,})",
+            highlight=False,
+        )
 
 
 def _without_token_filter(data_cfg: DictConfig) -> DictConfig:

@@ -625,7 +625,11 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_student(
-    student: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path, role_cfg
+    student: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    role_cfg,
+    state_dict: dict | None = None,
 ) -> Path:
     """Write the trained student and its tokenizer to the folder `path`; returns it.
 
@@ -637,9 +641,22 @@ def save_student(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     opts = role_options("student", role_cfg)
-    if not is_lora(student) or opts.lora.save == "adapter":
+    if state_dict is not None:  # consolidated weights of a sharded (FSDP) student
+        save_consolidated(student, state_dict, path)
+    elif not is_lora(student) or opts.lora.save == "adapter":
         student.save_pretrained(path)  # a peft model writes its adapter folder
     else:
         student.get_base_model().save_pretrained(path, state_dict=merged_state_dict(student))
     tokenizer.save_pretrained(path)
     return path
+
+
+def save_consolidated(student: torch.nn.Module, state_dict: dict, path: Path) -> None:
+    """`save_pretrained` of an FSDP-sharded student from its consolidated state dict, under the
+    model's own class name (FSDP2 renames the class to `FSDP<Name>`)."""
+    from .sharding import unwrapped_class
+
+    student.save_pretrained(path, state_dict=state_dict)
+    config = json.loads((path / "config.json").read_text())
+    config["architectures"] = [unwrapped_class(student).__name__]
+    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -18,6 +18,7 @@ from .interrupts import fault
 from .objectives import LossConfig, StudentView, build_batch, objective
 from .rollout import Extras, Rollout
 from .sft import cosine_with_warmup
+from .sharding import ShardingConfig, gathered, local_numel, shard
 
 INFERENCE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
@@ -70,6 +71,7 @@ class PADModule(L.LightningModule):
         evaluation: EvalConfig,
         total_steps: int,
         inference_dtype: str = "auto",
+        sharding: ShardingConfig | None = None,
     ):
         super().__init__()
         self.student = student
@@ -88,6 +90,34 @@ class PADModule(L.LightningModule):
         self.inference_dtype = inference_dtype
         self.eval_tag = "val"  # "val" (periodic validation) or "test" (before / after training)
         self.strict_loading = False  # checkpoints hold the student only
+        self.sharding = sharding  # strategy=fsdp's options (None: not sharded)
+        self.local_params: dict[str, list[int]] = {}  # per rank, once sharded (logged)
+
+    # -- sharding (strategy=fsdp) ---------------------------------------------------------
+    def configure_model(self) -> None:
+        """Shard the student (and a `sharded` teacher and reference) over the data-parallel
+        mesh; Lightning calls this before every fit/validate/test, so it acts once."""
+        if self.sharding is None or self.local_params:
+            return
+        mesh = self.device_mesh["data_parallel"]
+        shard(self.student, mesh, self.sharding, self.sharding.reshard_after_forward)
+        frozen = [m for m in (self.teacher, self.reference) if m is not None]
+        for model in frozen:
+            if self.sharding.teacher == "sharded":
+                shard(model, mesh, self.sharding, reshard=True)
+            else:
+                model.to(self.trainer.strategy.root_device)
+        counts = torch.tensor([local_numel(self.student), local_numel(self.teacher)])
+        gathered_counts = self.trainer.strategy.all_gather(counts).view(-1, 2)
+        self.local_params = {
+            "student": gathered_counts[:, 0].tolist(),
+            "teacher": gathered_counts[:, 1].tolist(),
+        }
+
+    def gathered(self):
+        """Context in which the sharded models' weights are whole (one all-gather each): the
+        rollouts and evaluations decode step by step inside it. A no-op when not sharded."""
+        return gathered(self.student, self.teacher, self.reference)
 
     # -- training -------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -128,7 +158,9 @@ class PADModule(L.LightningModule):
         if not bool(torch.isfinite(loss)):
             self._diverged(f"loss is {float(loss)}")
         prompts = batch["shape"][0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=prompts)
+        # the loss of the whole (all-rank) batch: under DDP/FSDP the mean of the ranks' losses
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        self.log("train/loss", loss, prog_bar=True, batch_size=prompts, sync_dist=distributed)
         if "rewards" in view.__dict__:  # computed by the objective (never an extra pass)
             self.log("train/student_reward", view.rewards.mean(), batch_size=prompts)
         if self._trainer is not None:  # the learning rate of this step's update
@@ -139,6 +171,8 @@ class PADModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Refuse a step on non-finite gradients (clipping would spread NaN to every weight)."""
         bad = first_nonfinite([(n, p.grad) for n, p in self.student.named_parameters()])
+        if self.sharding is not None:  # each rank checked its own shards: every rank must agree
+            bad = next((b for b in all_ranks(bad) if b), None)
         if bad is not None:
             self._diverged(f"gradient of {bad} is not finite")
 
@@ -166,7 +200,8 @@ class PADModule(L.LightningModule):
         device = self.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.eval_cfg.seed * 1_000_003 + batch_idx)
-            metrics = evaluate(self, problems, self.eval_cfg, self._autocast_dtype())
+            with self.gathered():
+                metrics = evaluate(self, problems, self.eval_cfg, self._autocast_dtype())
         for name, value in metrics.items():
             self.log(
                 f"{self.eval_tag}/{name}",
@@ -205,7 +240,9 @@ class PADModule(L.LightningModule):
             del state[key]
         # Resuming continues the same random stream (rollout sampling), so a resumed run gives
         # the metrics of an uninterrupted one.
+        # Every rank's: under DDP/FSDP each rank samples its own prompts, so their streams differ.
         checkpoint["rng_states"] = rng_states()
+        checkpoint["rng_states_by_rank"] = all_ranks(checkpoint["rng_states"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         frozen = self._frozen_student_keys()
@@ -219,8 +256,23 @@ class PADModule(L.LightningModule):
                 f"checkpoint lacks student weights (e.g. {missing[0]!r}); "
                 "was it written by a different student model?"
             )
-        if "rng_states" in checkpoint:
+        by_rank = checkpoint.get("rng_states_by_rank") or []
+        rank = self.global_rank if self._trainer is not None else 0
+        if len(by_rank) > 1 and len(by_rank) == self.trainer.world_size:
+            set_rng_states(by_rank[rank])
+        elif "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+
+
+def all_ranks(value) -> list:
+    """`value` of every rank, in rank order (a collective; [value] outside distributed runs)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def rng_states() -> dict:

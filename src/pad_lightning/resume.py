@@ -107,9 +107,9 @@ def check_epochs(ckpt_path: Path, max_epochs: int) -> None:
     """Refuse, before anything loads or changes, a `trainer.max_epochs` below the epochs the
     checkpoint has already trained (Lightning would stop with a traceback and the run would
     be marked FAILED). The checkpoint is memory-mapped: only its small header is read."""
-    import torch
+    from .checkpointing import read_header
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    ckpt = read_header(ckpt_path)
     done = int(ckpt["epoch"]) + 1  # saved at the end of epoch `epoch`
     if done > max_epochs:
         raise ConfigError(

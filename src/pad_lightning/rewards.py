@@ -12,6 +12,7 @@ from functools import lru_cache
 import torch
 
 from .chat import EncodedPair
+from .sharding import is_gathered, is_sharded
 
 
 @dataclass
@@ -99,6 +100,8 @@ def split_head(model: torch.nn.Module, batch: PaddedBatch):
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if body is None or body is inner or head is None:
         return None
+    if is_sharded(inner) and not is_gathered(inner):
+        return None  # calling the body alone would skip the root's FSDP hooks (its shards)
     key = (type(inner), getattr(inner.config, "vocab_size", None))
     if key not in _SPLITS:
         ids, attn = batch.input_ids[:1, :8], batch.attention_mask[:1, :8]

@@ -139,10 +139,14 @@ def main(cfg: DictConfig) -> float | None:
         if parent is not None:
             sweep["parent_run_id"] = parent["run_id"]
             sweep["swept"] = parent.get("swept", [])
+        if _spawns_ranks(cfg):
+            return _job_in_own_process(cfg, hydra_cfg, sweep, overrides)
+    elif os.environ.get(SWEEP_JOB_ENV):  # one multi-process job of a sweep (_job_in_own_process)
+        sweep = {**json.loads(os.environ[SWEEP_JOB_ENV]), "own_process": True}
 
     def fail(message: str) -> None:
         """End this run with one line; in a sweep, note the failed job and go on to the next."""
-        if sweep is None:
+        if sweep is None or sweep.get("own_process"):
             sys.exit(message)
         from .sweep import record_failure
 
@@ -203,6 +207,57 @@ def main(cfg: DictConfig) -> float | None:
         print(summary_path)
         return objective_value(json.loads(summary_path.read_text()), cfg.get("objective"))
     return None
+
+
+SWEEP_JOB_ENV = "PAD_LIGHTNING_SWEEP_JOB"
+
+
+def _spawns_ranks(cfg: DictConfig) -> bool:
+    """Whether Lightning will start extra processes for this job (DDP/FSDP on one machine; not
+    under SLURM or torchrun, which start every rank themselves)."""
+    external = ("LOCAL_RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID")
+    devices = cfg.trainer.devices
+    return str(devices) not in ("1", "[0]") and not any(k in os.environ for k in external)
+
+
+def _job_in_own_process(cfg: DictConfig, hydra_cfg, sweep: dict, overrides: list[str]):
+    """Run one job of a `--multirun` as a fresh `python -m pad_lightning.run` (a single run in
+    the job's directory, nested under the sweep's MLflow parent) and return its objective.
+
+    Lightning starts the extra ranks of a multi-process job by re-running the command line and
+    keeps its process group for the life of the process: inside one sweep process the second
+    job would find the first job's (exited) ranks. A process per job gives each its own."""
+    import subprocess
+
+    from hydra.utils import get_original_cwd
+
+    from .sweep import record_failure
+
+    job_dir = hydra_cfg.runtime.output_dir
+    command = [
+        sys.executable,
+        "-m",
+        "pad_lightning.run",
+        *overrides,
+        f"hydra.run.dir={json.dumps(job_dir)}",
+        "hydra.output_subdir=null",  # the sweep already wrote the job's .hydra/
+    ]
+    env = dict(os.environ, **{SWEEP_JOB_ENV: json.dumps(sweep)})
+    child = subprocess.Popen(command, env=env, cwd=get_original_cwd())
+    try:
+        code = child.wait()
+    except (interrupts.Preempted, KeyboardInterrupt):
+        child.terminate()  # SIGTERM: the job stops at the end of its step, keeps its checkpoint
+        child.wait()
+        raise
+    for stop in (signal.SIGTERM, signal.SIGINT):  # stopped: the whole sweep stops, as it would
+        if code in (128 + stop, -stop):  # for a job in this process
+            raise interrupts.Preempted(stop)
+    summary = Path(job_dir) / "summary.json"
+    if code != 0 or not summary.is_file():
+        record_failure(sweep["job"], overrides, f"exit status {code} (its error is printed above)")
+        return None
+    return objective_value(json.loads(summary.read_text()), cfg.get("objective"))
 
 
 def objective_value(summary: dict, name: str | None) -> float | None:

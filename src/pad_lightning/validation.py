@@ -197,6 +197,8 @@ def check(cfg) -> None:
             "delta/<metric> (e.g. val/exact_match)",
         )
     number(cfg.trainer.get("num_nodes", 1), "trainer.num_nodes", integer=True, low=1)
+    if cfg.get("strategy") is not None:
+        _check_strategy(cfg)
     roll = cfg.rollout
     number(roll.temperature, "rollout.temperature", low=0, low_open=True)
     number(roll.top_p, "rollout.top_p", low=0, high=1, low_open=True)
@@ -279,3 +281,37 @@ def check(cfg) -> None:
     from .models import check_model_config  # local import: models imports this module
 
     check_model_config(cfg.model)
+
+
+def _check_strategy(cfg) -> None:
+    from .sharding import DTYPES, STRATEGIES, TEACHER_PLACEMENTS
+
+    st = cfg.strategy
+    _require(st.name in STRATEGIES, f"strategy.name={st.name!r}: valid: {', '.join(STRATEGIES)}")
+    for key in ("reshard_after_forward", "cpu_offload"):
+        value = st.get(key, False)
+        _require(isinstance(value, bool), f"strategy.{key}={value!r}: valid: true, false")
+    for key in ("param_dtype", "reduce_dtype"):
+        value = st.get(key)
+        _require(
+            value is None or value in DTYPES,
+            f"strategy.{key}={value!r}: valid: null, {', '.join(DTYPES)}",
+        )
+    teacher = st.get("teacher", "replicated")
+    _require(
+        teacher in TEACHER_PLACEMENTS,
+        f"strategy.teacher={teacher!r}: valid: {', '.join(TEACHER_PLACEMENTS)}",
+    )
+    if st.name != "fsdp":
+        return
+    _require(
+        not (st.cpu_offload and cfg.trainer.accelerator == "cpu"),
+        "strategy.cpu_offload=true: offloads GPU shards to host memory; with "
+        "trainer.accelerator=cpu they are already there: drop it",
+    )
+    lora = OmegaConf.select(cfg, "model.student.lora.r", default=None)
+    _require(
+        not lora,
+        "strategy=fsdp: a LoRA student (model.student.lora) is not supported yet; use "
+        "strategy=ddp (LoRA students are small enough to replicate)",
+    )
