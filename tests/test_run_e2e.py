@@ -363,6 +363,11 @@ def test_self_teacher_control_is_one_override(tmp_path):
         ("calibration.mode=setwise", "calibration.mode"),
         ("decomposition=iterative decomposition.group_size=3", "decomposition.group_size"),
         ("model.zoo.cache_dir=/proc/forbidden", "model.zoo.cache_dir"),
+        ("strategy=fsdp strategy.teacher=everywhere", "strategy.teacher"),
+        ("strategy=fsdp strategy.param_dtype=fp8", "strategy.param_dtype"),
+        ("strategy=fsdp trainer.accelerator=cpu strategy.cpu_offload=true", "strategy.cpu_offload"),
+        ("strategy=zero3", "strategy"),
+        ("trainer.strategy=ddp", "trainer.strategy"),
     ],
 )
 def test_bad_config_stops_at_start_with_one_line(tmp_path, override, key):

@@ -326,6 +326,8 @@ def _run(
         "tracking_uri": cfg.logger.tracking_uri,
         "run_dir": str(run_dir),
         "resumed": resuming,
+        "ranks": trainer.world_size,
+        "params_per_rank": module.local_params,  # strategy=fsdp: what each rank stores
     }
     full_student = full_state_dict(module.student)  # FSDP: consolidated on rank 0 (collective)
     if trainer.is_global_zero:

@@ -69,10 +69,16 @@ def unique_dir(path: str) -> str:
 OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True, replace=True)
 
 
+MOVED = {"trainer.strategy": "strategy=<auto|ddp|fsdp> (the strategy group, conf/strategy/)"}
+
+
 def hydra_message(err: BaseException) -> str:
     """One line from Hydra's or OmegaConf's multi-line message (options listed as `valid:`)."""
     if isinstance(err.__cause__, ConfigError) or isinstance(err, ConfigError):
         return str(err.__cause__ if isinstance(err.__cause__, ConfigError) else err)
+    for old, new in MOVED.items():
+        if f"Could not override '{old}'" in str(err):
+            return f"{old}: moved; use {new}"
     lines = str(err).splitlines()
     head, options, in_options = [], [], False
     for line in lines:
