@@ -210,8 +210,16 @@ def score_pairs(
     max_tokens: int = 16384,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
-    """Rewards of many pairs without autograd, in length-sorted chunks to limit padding; [N]."""
+    """Rewards of many pairs without autograd, in length-sorted chunks to limit padding; [N].
+
+    With `share_prefix` (and a model that takes a KV cache), the responses of one prompt share
+    one pass over the prompt (`prefix.shared_prefix_rewards`): the same rewards, fewer tokens."""
+    from .prefix import shareable, shared_prefix_rewards
+
+    if share_prefix and shareable(model, pairs):
+        return shared_prefix_rewards(model, pairs, pad_id, max_tokens, device, autocast_dtype)
     out = torch.empty(len(pairs))
     device = torch.device(device)
     for chunk in token_budget_chunks([len(p.ids) for p in pairs], max_tokens):

@@ -47,6 +47,26 @@ def stop_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -
     return ids
 
 
+def _hf_kwargs(sampling: SamplingConfig, stops: list[int], pad: int, greedy: bool, n: int):
+    """transformers' `generate` arguments for rollout.sampler=hf (and the HF-only fallback)."""
+    kwargs = dict(
+        max_new_tokens=sampling.max_new_tokens, eos_token_id=stops, pad_token_id=pad, use_cache=True
+    )
+    if greedy:
+        kwargs.update(
+            do_sample=False, num_return_sequences=1, temperature=None, top_p=None, top_k=None
+        )
+    else:
+        kwargs.update(
+            do_sample=True,
+            num_return_sequences=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+        )
+    return kwargs
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -93,12 +113,10 @@ def generate(
             ids[i, width - len(e) :] = torch.tensor(e)
             attn[i, width - len(e) :] = 1
         k = 1 if greedy else n
-        if own_sampler:  # each prompt's k rows side by side, as HF returns them
-            with torch.autocast(
-                device.type,
-                dtype=autocast_dtype or torch.float32,
-                enabled=autocast_dtype is not None,
-            ):
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            if own_sampler:  # each prompt's k rows side by side, as HF returns them
                 new = decode(
                     model,
                     ids.repeat_interleave(k, 0).to(device),
@@ -112,34 +130,13 @@ def generate(
                     greedy=greedy,
                     suppress=list(getattr(model.generation_config, "suppress_tokens", None) or []),
                 )
-            grouped, length, cut = _cut(new.cpu(), stops, tokenizer, skip_special_tokens, k)
-            texts.extend(grouped)
-            lengths.append(length)
-            truncated.append(cut)
-            continue
-        kwargs = dict(
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=stops,
-            pad_token_id=padding,
-            use_cache=True,
-        )
-        if greedy:
-            kwargs.update(
-                do_sample=False, num_return_sequences=1, temperature=None, top_p=None, top_k=None
-            )
-        else:
-            kwargs.update(
-                do_sample=True,
-                num_return_sequences=n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k,
-            )
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
-            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
-        grouped, length, cut = _cut(out[:, width:].cpu(), stops, tokenizer, skip_special_tokens, k)
+            else:
+                new = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=attn.to(device),
+                    **_hf_kwargs(sampling, stops, padding, greedy, n),
+                )[:, width:]
+        grouped, length, cut = _cut(new.cpu(), stops, tokenizer, skip_special_tokens, k)
         texts.extend(grouped)
         lengths.append(length)
         truncated.append(cut)

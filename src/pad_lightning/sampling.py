@@ -81,6 +81,15 @@ def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> 
     return logits
 
 
+def _locate(cdf: torch.Tensor, generator: torch.Generator | None):
+    """One uniform u per row, scaled to the row's total mass and kept strictly below it, and
+    the index of the first cumulative mass above u: (index [rows, 1], u [rows, 1])."""
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype)
+    u = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True), u
+
+
 def sample_tokens(
     logits: torch.Tensor, generator: torch.Generator | None = None, block: int = BLOCK
 ) -> torch.Tensor:
@@ -95,20 +104,13 @@ def sample_tokens(
     rows, vocab = logits.shape
     probs = logits.float().softmax(-1)
     if vocab <= 4 * block:  # small vocabularies: one level is cheaper
-        cdf = probs.cumsum(-1)
-        total = cdf[:, -1:]
-        u = torch.rand(total.shape, generator=generator, device=logits.device, dtype=cdf.dtype)
-        u = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-        return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+        return _locate(probs.cumsum(-1), generator)[0].squeeze(-1)
     full = vocab // block
     mass = probs[:, : full * block].view(rows, full, block).sum(-1)
     if vocab % block:
         mass = torch.cat([mass, probs[:, full * block :].sum(-1, keepdim=True)], dim=-1)
     cdf = mass.cumsum(-1)
-    total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=logits.device, dtype=cdf.dtype)
-    u = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-    chosen = torch.searchsorted(cdf, u, right=True)  # [rows, 1]: a block of mass > 0
+    chosen, u = _locate(cdf, generator)  # [rows, 1]: a block of mass > 0
     before = torch.where(chosen > 0, cdf.gather(-1, (chosen - 1).clamp(min=0)), 0.0)
     index = chosen * block + torch.arange(block, device=logits.device)  # [rows, block]
     inside = probs.gather(-1, index.clamp(max=vocab - 1)) * (index < vocab)
