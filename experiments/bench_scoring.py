@@ -7,6 +7,9 @@ from the first scored position, log-softmax only at scored positions). The refer
 autocast dtype, measured in the same run. Padding waste = padded / real tokens - 1, for our
 length-sorted chunks and for fixed batches in rollout order (what a naive loop does).
 
+`score_pairs` is timed twice: scoring the full sequences (`share_prefix=False`), and with the
+n responses of each prompt sharing one pass over the prompt (the default, `prefix.py`).
+
 A second table repeats the measurement with the toy teacher's architecture but a 32k-token
 vocabulary (random weights), where the LM head is a large part of the cost, as in real LMs.
 
@@ -89,8 +92,8 @@ def main() -> None:
     models = [("toy teacher", teacher)]
     models.append(("toy teacher, 32k vocab", large_vocab_copy(teacher, 32768)))
     print(
-        f"\n{'model':<24} {'dtype':<9} {'plain fwd tok/s':>15} {'score_pairs tok/s':>17} "
-        f"{'ratio':>6} {'scored tok/s':>12}"
+        f"\n{'model':<24} {'dtype':<9} {'plain fwd tok/s':>15} {'full seqs tok/s':>15} "
+        f"{'shared prefix tok/s':>19} {'vs plain':>8} {'vs full':>7}"
     )
     for label, model in models:
         for dtype_name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
@@ -98,14 +101,20 @@ def main() -> None:
                 lambda m=model, d=dtype: plain_forward(m, pairs, padding, args.max_tokens, d),
                 args.repeats,
             )
-            ours = median_time(
+            full = median_time(
+                lambda m=model, d=dtype: score_pairs(
+                    m, pairs, padding, args.max_tokens, "cpu", d, share_prefix=False
+                ),
+                args.repeats,
+            )
+            shared = median_time(
                 lambda m=model, d=dtype: score_pairs(m, pairs, padding, args.max_tokens, "cpu", d),
                 args.repeats,
             )
-            total = sum(lengths)
+            total = sum(lengths)  # tokens/s are of the full (prompt + response) sequences
             print(
-                f"{label:<24} {dtype_name:<9} {total / plain:15.0f} {total / ours:17.0f} "
-                f"{plain / ours:5.2f}x {scored / ours:12.0f}",
+                f"{label:<24} {dtype_name:<9} {total / plain:15.0f} {total / full:15.0f} "
+                f"{total / shared:19.0f} {plain / shared:7.2f}x {full / shared:6.2f}x",
                 flush=True,
             )
 
