@@ -36,24 +36,27 @@ STEPS = [
 ]
 
 
+def _launch(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m pad_lightning.run <args>` in `root`, offline, with its caches in `root`."""
+    return subprocess.run(
+        [sys.executable, "-m", "pad_lightning.run", *args],
+        cwd=root,
+        env={**subprocess_env(root), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
 def _run(root: Path, name: str, *overrides: str, env: dict | None = None, check: bool = True):
-    cmd = [
-        sys.executable,
-        "-m",
-        "pad_lightning.run",
+    proc = _launch(
+        root,
         *STEPS,
         f"logger.tracking_uri=sqlite:///{root}/mlflow.db",
         f"logger.experiment_name={name}",
         f"hydra.run.dir={root}/{name}",
         *overrides,
-    ]
-    proc = subprocess.run(
-        cmd,
-        cwd=root,
-        env={**subprocess_env(root), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
+        env=env,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -167,14 +170,7 @@ def test_resume_from_a_sharded_checkpoint_continues_the_same_curve(ppd):
     last = ppd / name / "checkpoints" / "last.ckpt"
     assert last.is_dir() and (last / ".metadata").is_file()
     assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    resumed = subprocess.run(
-        [sys.executable, "-m", "pad_lightning.run", f"resume={ppd / name}"],
-        cwd=ppd,
-        env=subprocess_env(ppd),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = _launch(ppd, f"resume={ppd / name}")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     diff = _close(_history(ppd, "fsdp"), _history(ppd, name))
     print(f"resumed vs uninterrupted FSDP: {diff:.2e}")
@@ -217,27 +213,18 @@ def test_the_issue_multirun_line(root):
     """`strategy=ddp,fsdp strategy.reshard_after_forward=true,false`: four jobs, all FINISHED,
     nested under one parent, each with its wall time and per-rank peak memory."""
     sweep = root / "sweep"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pad_lightning.run",
-            "--multirun",
-            "experiment=smoke",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "strategy=ddp,fsdp",
-            "strategy.reshard_after_forward=true,false",
-            "trainer.max_epochs=2",
-            f"logger.tracking_uri=sqlite:///{root}/mlflow.db",
-            "logger.experiment_name=sweep",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=root,
-        env=subprocess_env(root),
-        capture_output=True,
-        text=True,
-        timeout=900,
+    proc = _launch(
+        root,
+        "--multirun",
+        "experiment=smoke",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "strategy=ddp,fsdp",
+        "strategy.reshard_after_forward=true,false",
+        "trainer.max_epochs=2",
+        f"logger.tracking_uri=sqlite:///{root}/mlflow.db",
+        "logger.experiment_name=sweep",
+        f"hydra.sweep.dir={sweep}",
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
