@@ -46,17 +46,18 @@ def _chunks(pairs: list[EncodedPair], of: list[int], prefixes, max_tokens: int) 
     members: dict[int, list[int]] = {}
     for i, g in enumerate(of):
         members.setdefault(g, []).append(i)
-    chunks, current, prompt_w, resp_w, rows, groups = [], [], 0, 0, 0, 0
+    chunks, current = [], []
+    prompt_w = resp_w = rows = groups = 0  # of the current chunk
     for g, idx in members.items():
-        p_w = max(prompt_w, len(prefixes[g]))
-        r_w = max(resp_w, *(len(pairs[i].ids) - pairs[i].prompt_len for i in idx))
-        cost = (groups + 1) * p_w + (rows + len(idx)) * r_w
+        p_len = len(prefixes[g])
+        r_len = max(len(pairs[i].ids) - pairs[i].prompt_len for i in idx)
+        cost = (groups + 1) * max(prompt_w, p_len) + (rows + len(idx)) * max(resp_w, r_len)
         if current and cost > max_tokens:
             chunks.append(current)
-            current, p_w, r_w, rows, groups = [], len(prefixes[g]), 0, 0, 0
-            r_w = max(len(pairs[i].ids) - pairs[i].prompt_len for i in idx)
+            current, prompt_w, resp_w, rows, groups = [], 0, 0, 0, 0
         current.extend(idx)
-        prompt_w, resp_w, rows, groups = p_w, r_w, rows + len(idx), groups + 1
+        prompt_w, resp_w = max(prompt_w, p_len), max(resp_w, r_len)
+        rows, groups = rows + len(idx), groups + 1
     if current:
         chunks.append(current)
     return chunks
