@@ -14,15 +14,11 @@ from .metrics import quality_matrix
 from .rewards import score_pairs
 
 
-def per_rank(trainer, values: dict[str, float]) -> dict[str, float]:
+def per_rank(values: dict[str, float]) -> dict[str, float]:
     """`values` of every rank, as `<key>/rank<r>` (a collective)."""
-    keys = sorted(values)
-    table = trainer.strategy.all_gather(torch.tensor([float(values[k]) for k in keys]))
-    return {
-        f"{key}/rank{r}": float(row[i])
-        for r, row in enumerate(table.view(-1, len(keys)))
-        for i, key in enumerate(keys)
-    }
+    from .module import all_ranks
+
+    return {f"{k}/rank{r}": v for r, row in enumerate(all_ranks(values)) for k, v in row.items()}
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -237,7 +233,7 @@ class RolloutLogger(L.Callback):
         stats["time/other_s"] = max(0.0, elapsed - self._training - self._validation - rollout_s)
         stats.update(peak_memory_mb())
         if trainer.world_size > 1:  # every rank's peak (a collective: all ranks are here)
-            stats.update(per_rank(trainer, peak_memory_mb()))
+            stats.update(per_rank(peak_memory_mb()))
         epoch = trainer.current_epoch
         stats["epoch"] = epoch
         self.history.append(stats)

@@ -107,12 +107,8 @@ class PADModule(L.LightningModule):
                 shard(model, mesh, self.sharding, reshard=True)
             else:
                 model.to(self.trainer.strategy.root_device)
-        counts = torch.tensor([local_numel(self.student), local_numel(self.teacher)])
-        gathered_counts = self.trainer.strategy.all_gather(counts).view(-1, 2)
-        self.local_params = {
-            "student": gathered_counts[:, 0].tolist(),
-            "teacher": gathered_counts[:, 1].tolist(),
-        }
+        counts = all_ranks((local_numel(self.student), local_numel(self.teacher)))
+        self.local_params = {"student": [c[0] for c in counts], "teacher": [c[1] for c in counts]}
 
     def gathered(self):
         """Context in which the sharded models' weights are whole (one all-gather each): the

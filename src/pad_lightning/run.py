@@ -195,6 +195,10 @@ def main(cfg: DictConfig) -> float | None:
             from .sweep import set_parent_status
 
             set_parent_status(sweep["dir"], "KILLED")
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if rank_zero_only.rank != 0:  # rank 0 says it once
+            sys.exit(stop.exit_code)
         if (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").exists():
             print(
                 f"stopped by {stop}; the run keeps its last checkpoint. Resume with: "
