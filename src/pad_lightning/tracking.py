@@ -187,6 +187,19 @@ class RunLogger(MLFlowLogger):
     def _stop_system_metrics(self) -> None:
         if self._monitor is not None:
             monitor, self._monitor = self._monitor, None
+            thread = getattr(monitor, "_process", None)
+            if thread is not None:
+                monitor._shutdown_event.set()
+                thread.join()
+                # a run shorter than one sampling interval: log the sample it took (MLflow's
+                # loop publishes only after a full interval, so it would log nothing)
+                if getattr(monitor, "_logging_step", 1) == 0:
+                    try:
+                        metrics = monitor.aggregate_metrics()
+                        if metrics:
+                            monitor.publish_metrics(metrics)
+                    except Exception:  # no sample collected: nothing to log
+                        pass
             monitor.finish()
 
     @rank_zero_only
