@@ -10,7 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from pad_lightning.configs import config_dir  # noqa: E402
+from pad_lightning.app.configs import config_dir  # noqa: E402
 
 
 def run_config(overrides: list[str]):
@@ -26,10 +26,10 @@ def toy_setup(args, prompts: int):
     """
     import torch
 
-    from pad_lightning.models import load_pair
-    from pad_lightning.module import resolve_inference_dtype
-    from pad_lightning.rollout import SamplingConfig
-    from pad_lightning.toy.tasks import sample_problems
+    from pad_lightning.app.models import load_pair
+    from pad_lightning.data.tasks import sample_problems
+    from pad_lightning.lm.generation import SamplingConfig
+    from pad_lightning.training.module import resolve_inference_dtype
 
     torch.set_num_threads(args.threads)
     cfg = run_config(args.overrides)

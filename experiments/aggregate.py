@@ -10,7 +10,7 @@ import json
 import statistics
 from pathlib import Path
 
-from pad_lightning.callbacks import PARTS
+from pad_lightning.training.callbacks import PARTS
 
 
 def load(dirs: list[str]) -> list[dict]:

@@ -18,11 +18,13 @@ import time
 import torch
 from _setup import toy_setup
 
-from pad_lightning.calibration import mix, selection_log_probs
-from pad_lightning.chat import encode_pairs, pad_id
-from pad_lightning.metrics import kendall_tau, nanmean, quality_matrix
-from pad_lightning.rewards import score_pairs
-from pad_lightning.rollout import generate
+from pad_lightning.data.answers import quality_matrix
+from pad_lightning.lm.chat import encode_pairs, pad_id
+from pad_lightning.lm.generation import generate
+from pad_lightning.lm.judge import selection_log_probs
+from pad_lightning.lm.scoring import score_pairs
+from pad_lightning.ranking.agreement import kendall_tau, nanmean
+from pad_lightning.ranking.selection import mix
 
 MODES = [  # (label, mode, debias)
     ("pairwise, one order (paper code)", "pairwise", False),

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pad_lightning.callbacks import PARTS
+from pad_lightning.training.callbacks import PARTS
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = [  # (label, tree, overrides)

@@ -1,6 +1,6 @@
 """Benchmark exact Plackett-Luce ranking distributions + JSD (PPD loss), forward and backward.
 
-Compares ``pad_lightning.preference`` (subset log-sum-exp table + prefix tree, fused JSD) with a
+Compares ``pad_lightning.ranking.plackett_luce`` (subset log-sum-exp table + prefix tree, fused JSD) with a
 straightforward reference written the way the paper's public code does it: enumerate all rankings
 with itertools into a ``[B, n!, n]`` tensor of permuted scores, accumulate position by position
 the log-softmax over the remaining (masked) positions, then the JSD. Also times the subset-DP
@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from pad_lightning.preference import jsd, pl_kl, ranking_log_probs
+from pad_lightning.ranking.plackett_luce import jsd, pl_kl, ranking_log_probs
 
 # ---------------------------------------------------------------------------------- reference
 

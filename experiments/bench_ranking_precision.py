@@ -10,7 +10,7 @@ the probable rankings and the law sums to 1 only within ~1e-2. Candidates, all f
 * ``table, float64``: the old code on float64 scores, the result cast to float32;
 * ``per-position, enumerated``: ``[B, n!, n]`` permuted scores, a masked log-sum-exp per position
   (the paper code's way; ``n * n!`` work);
-* ``per-position, prefix tree (this)``: ``pad_lightning.preference.ranking_log_probs`` now: per
+* ``per-position, prefix tree (this)``: ``pad_lightning.ranking.plackett_luce.ranking_log_probs`` now: per
   position ``s_i - M(R) - L(R)`` from a ``[2**n, n]`` table (M = the subset's max, L = its
   log-sum-exp relative to M, in [0, log n]), summed down the prefix tree of the rankings.
 
@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import torch
 
-from pad_lightning.preference import jsd, ranking_log_probs, subset_logsumexp
+from pad_lightning.ranking.plackett_luce import jsd, ranking_log_probs, subset_logsumexp
 
 # ----------------------------------------------------------------- the code before the change
 

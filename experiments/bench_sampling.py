@@ -3,7 +3,7 @@
 Three parts, one process, each pair timed back to back (median of --repeats):
 
 1. one sampling step over [rows, V] logits at V = 32k and 256k (and the toy's 104): HF's step
-   (`torch.multinomial` over the softmax) against `pad_lightning.sampling.sample_tokens`;
+   (`torch.multinomial` over the softmax) against `pad_lightning.lm.sampling.sample_tokens`;
 2. a distribution check of both samplers: chi-square goodness of fit of 400k draws from one
    random distribution over 1000 tokens (p-values printed; the inverse-CDF one must pass);
 3. a whole rollout (`rollout.generate`, `--rows` sequences of 16 new tokens) of the toy zoo's
@@ -19,7 +19,7 @@ import argparse
 import torch
 from _setup import median_time, padded_vocab, run_config
 
-from pad_lightning.sampling import sample_tokens
+from pad_lightning.lm.sampling import sample_tokens
 
 TARGET = 5.0
 
@@ -38,9 +38,9 @@ def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
 def padded_student(vocab: int):
     from transformers import AutoModelForCausalLM
 
-    from pad_lightning.models import zoo_config
-    from pad_lightning.toy.tokenizer import build_char_tokenizer
-    from pad_lightning.toy.zoo import ensure_zoo
+    from pad_lightning.app.models import zoo_config
+    from pad_lightning.zoo.builder import ensure_zoo
+    from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
     root = ensure_zoo(zoo_config(run_config([]).model.zoo))
     model = AutoModelForCausalLM.from_pretrained(root / "student").eval()
@@ -85,8 +85,8 @@ def main() -> None:
     )
 
     print(f"\n3. a rollout: toy student, vocabulary padded to 32768, {args.rows} sequences x 16")
-    from pad_lightning.rollout import SamplingConfig, generate
-    from pad_lightning.toy.tasks import sample_problems
+    from pad_lightning.data.tasks import sample_problems
+    from pad_lightning.lm.generation import SamplingConfig, generate
 
     model, tok = padded_student(32768)
     n = 4

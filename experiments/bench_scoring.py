@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from _setup import median_time, toy_setup
 
-from pad_lightning.chat import encode_pairs, pad_id
-from pad_lightning.rewards import pad_pairs, score_pairs, token_budget_chunks
-from pad_lightning.rollout import generate
+from pad_lightning.lm.chat import encode_pairs, pad_id
+from pad_lightning.lm.generation import generate
+from pad_lightning.lm.scoring import pad_pairs, score_pairs, token_budget_chunks
 
 
 @torch.no_grad()
@@ -125,7 +125,7 @@ def main() -> None:
     print(f"{'LM head':<34} {'peak MB':>8} {'seconds':>8}")
     results = {}
     for label, budget in (("all scored positions at once", 1 << 62), ("chunked", None)):
-        from pad_lightning.rewards import LOGIT_BUDGET
+        from pad_lightning.lm.scoring import LOGIT_BUDGET
 
         mb, seconds, out = peak_memory(big, few, padding, args.vocab_tokens, budget or LOGIT_BUDGET)
         results[label] = (mb, out)
@@ -145,7 +145,7 @@ def _status_mb(field: str) -> float:
 
 
 def _peak_child(queue, model, pairs, padding, max_tokens, budget) -> None:
-    from pad_lightning import rewards
+    from pad_lightning.lm import scoring as rewards
 
     torch.set_num_threads(2)
     rewards.LOGIT_BUDGET = budget

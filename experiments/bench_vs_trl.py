@@ -35,9 +35,10 @@ TARGETS = {104: 1.2, 32768: 10.0}  # the issue's throughput targets (GKD seconds
 def pad_step(student, teacher, tok, prompts: list[str], max_new_tokens: int):
     """One PAD round as the training loop runs it: rollout (n = 4), the PPD objective on the
     batch `objectives.build_batch` makes, backward, an AdamW step."""
-    from pad_lightning.chat import pad_id
-    from pad_lightning.objectives import LossConfig, StudentView, build_batch, objective
-    from pad_lightning.rollout import CalibrationConfig, SamplingConfig, collect
+    from pad_lightning.lm.chat import pad_id
+    from pad_lightning.lm.generation import SamplingConfig
+    from pad_lightning.training.objectives import LossConfig, StudentView, build_batch, objective
+    from pad_lightning.training.rollout import CalibrationConfig, collect
 
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
     ppd = objective("ppd")
@@ -118,9 +119,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pad_lightning.models import zoo_config
-    from pad_lightning.toy.tasks import sample_problems
-    from pad_lightning.toy.zoo import ensure_zoo
+    from pad_lightning.app.models import zoo_config
+    from pad_lightning.data.tasks import sample_problems
+    from pad_lightning.zoo.builder import ensure_zoo
 
     root = ensure_zoo(zoo_config(run_config([]).model.zoo))
     tok = AutoTokenizer.from_pretrained(root / "student")

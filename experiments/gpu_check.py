@@ -16,13 +16,14 @@ import lightning as L
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pad_lightning.chat import encode_pairs
-from pad_lightning.datamodule import RolloutConfig, RolloutDataModule
-from pad_lightning.evaluation import EvalConfig, evaluate
-from pad_lightning.module import LossConfig, OptimConfig, PADModule
-from pad_lightning.rewards import score_pairs
-from pad_lightning.rollout import CalibrationConfig, SamplingConfig, generate
-from pad_lightning.toy.tasks import corrupt, sample_problems
+from pad_lightning.data.tasks import corrupt, sample_problems
+from pad_lightning.lm.chat import encode_pairs
+from pad_lightning.lm.generation import SamplingConfig, generate
+from pad_lightning.lm.scoring import score_pairs
+from pad_lightning.training.datamodule import RolloutConfig, RolloutDataModule
+from pad_lightning.training.evaluation import EvalConfig, evaluate
+from pad_lightning.training.module import LossConfig, OptimConfig, PADModule
+from pad_lightning.training.rollout import CalibrationConfig
 
 
 def timed(fn, repeats: int = 5) -> tuple[float, object]:

@@ -20,10 +20,10 @@ import torch
 from _setup import run_config
 from transformers import AutoModelForCausalLM
 
-from pad_lightning.models import zoo_config
-from pad_lightning.toy import zoo
-from pad_lightning.toy.tasks import sample_problems
-from pad_lightning.toy.tokenizer import build_char_tokenizer
+from pad_lightning.app.models import zoo_config
+from pad_lightning.data.tasks import sample_problems
+from pad_lightning.zoo import builder as zoo
+from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
 
 def main() -> None:

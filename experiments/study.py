@@ -185,8 +185,8 @@ def greedy_scores(model_dir: Path, problems: list, max_new_tokens: int) -> dict[
     """Exact match and quality of the model's greedy answer to each problem."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pad_lightning.rollout import SamplingConfig, generate
-    from pad_lightning.toy.tasks import exact_match, quality
+    from pad_lightning.data.tasks import exact_match, quality
+    from pad_lightning.lm.generation import SamplingConfig, generate
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -239,14 +239,16 @@ def calibration_probe(cfg, prompts: int, n: int, seed: int) -> dict:
     MCQs asked once. Returns per-prompt taus (for paired intervals) and their means, on all
     prompts and on the prompts of the teacher's documented flaw.
     """
-    from pad_lightning.calibration import mix, selection_log_probs
-    from pad_lightning.chat import encode_pairs, pad_id
-    from pad_lightning.data import build_problems
-    from pad_lightning.metrics import kendall_tau, quality_matrix
-    from pad_lightning.models import load_pair
-    from pad_lightning.rewards import score_pairs
-    from pad_lightning.rollout import SamplingConfig, generate
-    from pad_lightning.toy.zoo import flawed
+    from pad_lightning.app.models import load_pair
+    from pad_lightning.data.answers import quality_matrix
+    from pad_lightning.data.problems import build_problems
+    from pad_lightning.lm.chat import encode_pairs, pad_id
+    from pad_lightning.lm.generation import SamplingConfig, generate
+    from pad_lightning.lm.judge import selection_log_probs
+    from pad_lightning.lm.scoring import score_pairs
+    from pad_lightning.ranking.agreement import kendall_tau
+    from pad_lightning.ranking.selection import mix
+    from pad_lightning.zoo.builder import flawed
 
     student, tok_s, teacher, tok_t = load_pair(cfg.model)
     data = OmegaConf.merge(cfg.data, {"val_size": prompts}) if cfg.data.name == "toy" else cfg.data
@@ -594,9 +596,9 @@ def main() -> int:
         chosen = {k: v for k, v in sections(False).items() if k in wanted}
 
     # models first (the zoo is built once, before any parallel job needs it)
-    from pad_lightning.data import build_problems
-    from pad_lightning.models import zoo_config
-    from pad_lightning.toy.zoo import ensure_zoo
+    from pad_lightning.app.models import zoo_config
+    from pad_lightning.data.problems import build_problems
+    from pad_lightning.zoo.builder import ensure_zoo
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     root = ensure_zoo(zoo_config(cfg.model.zoo))
@@ -606,7 +608,7 @@ def main() -> int:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=args.tracking_uri)
-    from pad_lightning.tracking import experiment_id
+    from pad_lightning.tracking.mlflow_run import experiment_id
 
     exp = experiment_id(client, cfg.logger.experiment_name)
     parent = client.create_run(

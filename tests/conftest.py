@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
-from pad_lightning.toy.tokenizer import SPECIAL_TOKENS, build_char_tokenizer
-from pad_lightning.toy.zoo import ModelSpec, build_model
+from pad_lightning.zoo.builder import ModelSpec, build_model
+from pad_lightning.zoo.tokenizer import SPECIAL_TOKENS, build_char_tokenizer
 
 TINY = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 

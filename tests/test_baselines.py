@@ -1,4 +1,4 @@
-"""Tests for the baseline losses (pad_lightning.baselines).
+"""Tests for the baseline losses (pad_lightning.ranking.baselines).
 
 Each loss is checked against an independent float64 brute force in plain Python (math,
 itertools), against hand-computed values, and by gradcheck.
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from pad_lightning.baselines import (
+from pad_lightning.ranking.baselines import (
     PAIR_CHOICES,
     dpo,
     dpo_pl,

@@ -1,4 +1,4 @@
-"""Tests for MCQ calibration of teacher rewards (pad_lightning.calibration)."""
+"""Tests for MCQ calibration of teacher rewards (pad_lightning.lm.judge)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ import pytest
 import torch
 from conftest import FullLogits
 
-from pad_lightning.calibration import (
+from pad_lightning.lm.chat import encode_prompt
+from pad_lightning.lm.judge import (
     DEFAULT_TEMPLATE,
-    listwise_orders,
-    log_win_matrix,
     mcq_prompt,
-    mix,
     option_log_probs,
     option_token_ids,
-    pairwise_questions,
     selection_log_probs,
+)
+from pad_lightning.ranking.selection import (
+    listwise_orders,
+    log_win_matrix,
+    mix,
+    pairwise_questions,
     win_matrix,
 )
-from pad_lightning.chat import encode_prompt
 
 
 class FakeLM(torch.nn.Module):
@@ -349,7 +351,7 @@ def test_option_letters_read_in_context_for_word_start_tokenizers():
     # share their first token; after the rendered MCQ prompt each letter is its own token
     from tiny_models import make_tokenizer
 
-    from pad_lightning.chat import prompt_text
+    from pad_lightning.lm.chat import prompt_text
 
     tok = make_tokenizer("metaspace")
     with pytest.raises(ValueError, match="non-distinct"):

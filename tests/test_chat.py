@@ -1,10 +1,10 @@
-"""Tests for prompt/response rendering with a chat template (pad_lightning.chat)."""
+"""Tests for prompt/response rendering with a chat template (pad_lightning.lm.chat)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pad_lightning.chat import (
+from pad_lightning.lm.chat import (
     ChatTemplateError,
     check_end_marker,
     encode_pairs,
@@ -13,7 +13,7 @@ from pad_lightning.chat import (
     response_suffix,
     unfinished_suffix,
 )
-from pad_lightning.toy.tokenizer import build_char_tokenizer
+from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
 PROMPTS = ["rev abc", "sort 3 1 2", [{"role": "user", "content": "12+34="}]]
 RESPONSES = [["cba", "", "cb a  "], ["1 2 3", "3"], ["64", "46 "]]
@@ -87,7 +87,7 @@ def test_non_extending_template_raises():
 
 
 def test_unfinished_responses_are_scored_without_the_end_marker(tok):
-    from pad_lightning.chat import encode_pairs
+    from pad_lightning.lm.chat import encode_pairs
 
     done, cut = encode_pairs(tok, ["rev abc"], [["cba", "cba"]], finished=[[True, False]])
     assert tok.decode(done.ids[done.prompt_len :]) == "cba<|end|>"
@@ -246,7 +246,7 @@ def test_same_tokenizer():
 
     from tiny_models import make_tokenizer
 
-    from pad_lightning.chat import same_tokenizer
+    from pad_lightning.lm.chat import same_tokenizer
 
     tok = build_char_tokenizer()
     assert same_tokenizer(tok, tok)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pad_lightning import compare
-from pad_lightning.compare import Cell, Job, load_parent_run, load_sweep_dir, table
+from pad_lightning.reporting import compare
+from pad_lightning.reporting.compare import Cell, Job, load_parent_run, load_sweep_dir, table
 
 # after/exact_match per (loss, n) and seed; before is 0.4 for every job (the same zoo)
 AFTER_EM = {

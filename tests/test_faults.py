@@ -126,7 +126,7 @@ def main_in_process(world, monkeypatch, capsys):
     monkeypatch.chdir(world)
     monkeypatch.setenv("PAD_LIGHTNING_CACHE", str(world / "cache"))
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    entry._one_line_config_errors()
+    entry.one_line_config_errors()
 
     def call(*overrides: str, smoke: bool = True):
         argv = cmd(world, *overrides)[3:] if smoke else list(overrides)

@@ -14,16 +14,15 @@ import torch
 from conftest import sharpen, tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pad_lightning.generate import (
-    ExportError,
+from pad_lightning.export.answers import (
     check_export,
     load_questions,
-    main,
     markdown_counts,
     resolve_run_student,
 )
-from pad_lightning.rollout import SamplingConfig, generate
-from pad_lightning.toy.tokenizer import build_char_tokenizer
+from pad_lightning.lm.generation import SamplingConfig, generate
+from pad_lightning.runtime.errors import ExportError, main
+from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
 MAX_NEW = 10
 ALPACA = [
@@ -233,7 +232,7 @@ def mlflow_runs(student_dir, tmp_path_factory):
         if kind == "model":
             from types import SimpleNamespace
 
-            from pad_lightning.tracking import log_student_model
+            from pad_lightning.tracking.mlflow_run import log_student_model
 
             logger = SimpleNamespace(run_id=ids[kind], _tracking_uri=uri)
             log_student_model(logger, student_dir)

@@ -115,7 +115,7 @@ def test_installed_package_runs_from_an_empty_directory(installed):
     probe = isolated(
         installed,
         "-c",
-        "import importlib.resources, sys, pad_lightning; from pad_lightning.configs import "
+        "import importlib.resources, sys, pad_lightning; from pad_lightning.app.configs import "
         "config_dir; print(pad_lightning.__file__); print(config_dir()); "
         "print(any('editable' in repr(f) for f in sys.meta_path))",
     )
@@ -160,6 +160,6 @@ def test_console_command_takes_a_user_config_folder(installed):
 def test_console_command_reports_config_errors_on_one_line(installed):
     proc = console(installed, "loss=nope")
     assert proc.returncode == 1
-    (line,) = proc.stderr.strip().splitlines()  # _one_line_config_errors, as in __main__
+    (line,) = proc.stderr.strip().splitlines()  # one_line_config_errors, as in __main__
     assert line.startswith("config error: In 'config': Could not find 'loss/nope'; valid: ")
     assert "ppd" in line and "dpo" in line

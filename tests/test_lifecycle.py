@@ -15,15 +15,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pad_lightning.checkpointing import CheckpointError, pick_resume_checkpoint
-from pad_lightning.resume import RunFinished, resumed_config
-from pad_lightning.run import hydra_message, unique_dir
-from pad_lightning.tracking import RunLogger, absolute_tracking_uri, tracking_problem
-from pad_lightning.validation import ConfigError, number
+from pad_lightning.app.checks import number
+from pad_lightning.app.main import hydra_message, unique_dir
+from pad_lightning.app.resume import RunFinished, resumed_config
+from pad_lightning.runtime.errors import CheckpointError, ConfigError
+from pad_lightning.tracking.mlflow_run import RunLogger, absolute_tracking_uri, tracking_problem
+from pad_lightning.training.checkpoints import pick_resume_checkpoint
 
 
 def test_unique_dir_never_reuses_a_directory(tmp_path, monkeypatch):
-    from pad_lightning import run as entry
+    from pad_lightning.app import main as entry
 
     monkeypatch.setattr(entry, "_unique", {})
     first = unique_dir(str(tmp_path / "out" / "11-42-19"))
@@ -177,7 +178,7 @@ def test_hydra_messages_become_one_line():
 
 def test_fault_point_kills_at_the_kth_hit(tmp_path):
     script = (
-        "from pad_lightning.interrupts import fault\n"
+        "from pad_lightning.runtime.interrupts import fault\n"
         "for i in range(5):\n"
         "    print(i, flush=True)\n"
         "    fault('step')\n"
@@ -225,7 +226,7 @@ def test_resume_prefers_a_newer_checkpoint_than_the_link(tmp_path):
 
 
 def test_auto_inference_dtype_uses_bf16_only_where_it_is_fast(monkeypatch):
-    from pad_lightning import module
+    from pad_lightning.training import module
 
     assert module.resolve_inference_dtype("float32", "cpu") is None
     assert module.resolve_inference_dtype("bfloat16", "cpu") is torch.bfloat16
@@ -236,7 +237,7 @@ def test_auto_inference_dtype_uses_bf16_only_where_it_is_fast(monkeypatch):
 
 
 def test_run_name_and_tags_say_what_the_run_is():
-    from pad_lightning.tracking import run_name, run_tags
+    from pad_lightning.tracking.mlflow_run import run_name, run_tags
 
     overrides = ["loss=vpd", "n=4", "seed=1", "logger.tracking_uri=sqlite:///x.db", "+extra=1"]
     assert run_name(overrides) == "loss=vpd,n=4,seed=1,+extra=1"
@@ -253,7 +254,7 @@ def test_run_name_and_tags_say_what_the_run_is():
 
 
 def test_swept_keys_are_the_keys_a_sweep_varies():
-    from pad_lightning.sweep import swept_keys
+    from pad_lightning.app.sweep import swept_keys
 
     overrides = ["experiment=smoke", "n=2,4", "seed=range(3)", "loss=choice(ppd,vpd)", "+x=1"]
     assert swept_keys(overrides) == ["n", "seed", "loss"]
@@ -262,7 +263,7 @@ def test_swept_keys_are_the_keys_a_sweep_varies():
 def test_resume_refuses_max_epochs_below_the_trained_epochs(tmp_path):
     """Lightning would raise a MisconfigurationException mid-start (a traceback, and the run
     marked FAILED); the check names the key and the smallest valid value first."""
-    from pad_lightning.resume import check_epochs
+    from pad_lightning.app.resume import check_epochs
 
     ckpt = tmp_path / "last.ckpt"
     torch.save({"epoch": 46, "state_dict": {"w": torch.zeros(3)}}, ckpt)  # 47 epochs trained

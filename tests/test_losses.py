@@ -1,4 +1,4 @@
-"""Tests for the PAD losses (pad_lightning.losses)."""
+"""Tests for the PAD losses (pad_lightning.ranking.losses)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from pad_lightning.losses import (
+from pad_lightning.ranking.losses import (
     DIVERGENCES,
     LOSSES,
-    NonFiniteScoresError,
     decomposed,
     loss_function,
     max_group_size,
@@ -19,7 +18,8 @@ from pad_lightning.losses import (
     ppd_reverse_kl,
     vpd,
 )
-from pad_lightning.preference import MAX_DP_N, MAX_EXACT_N, jsd, kl, ranking_log_probs
+from pad_lightning.ranking.plackett_luce import MAX_DP_N, MAX_EXACT_N, jsd, kl, ranking_log_probs
+from pad_lightning.runtime.errors import NonFiniteScoresError
 
 F64 = torch.float64
 # every loss function a config can select: loss=vpd, loss=ppd loss.divergence=jsd|kl|reverse_kl

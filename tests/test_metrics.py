@@ -1,4 +1,4 @@
-"""Tests for agreement and rollout statistics (pad_lightning.metrics)."""
+"""Tests for agreement and rollout statistics (pad_lightning.ranking.agreement)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pad_lightning.metrics import distinct_fraction, kendall_tau, nanmean, top1_agreement
+from pad_lightning.ranking.agreement import distinct_fraction, kendall_tau, nanmean, top1_agreement
 
 
 def _tau_b(x: list[float], y: list[float]) -> float:

@@ -1,4 +1,4 @@
-"""Loading real HF model folders (pad_lightning.models): options, start-up refusals, safety,
+"""Loading real HF model folders (pad_lightning.lm.loading): options, start-up refusals, safety,
 cross-tokenizer student/teacher pairs, padding, LoRA and saving the student."""
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ from omegaconf import OmegaConf
 from tiny_models import make_tiny_lm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pad_lightning import models
-from pad_lightning.chat import encode_pairs, encode_prompt, pad_id
-from pad_lightning.evaluation import EvalConfig
-from pad_lightning.models import ConfigError, load_pair, role_options, save_student
-from pad_lightning.module import LossConfig, OptimConfig, PADModule
-from pad_lightning.rewards import pad_pairs, score_pairs, sequence_rewards
-from pad_lightning.rollout import CalibrationConfig, SamplingConfig, collect, generate
+from pad_lightning.app import models as app_models
+from pad_lightning.app.models import load_pair
+from pad_lightning.lm import loading as models
+from pad_lightning.lm.chat import encode_pairs, encode_prompt, pad_id
+from pad_lightning.lm.generation import SamplingConfig, generate
+from pad_lightning.lm.loading import role_options, save_student
+from pad_lightning.lm.scoring import pad_pairs, score_pairs, sequence_rewards
+from pad_lightning.runtime.errors import ConfigError
+from pad_lightning.training.evaluation import EvalConfig
+from pad_lightning.training.module import LossConfig, OptimConfig, PADModule
+from pad_lightning.training.rollout import CalibrationConfig, collect
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PROMPTS = ["rev abc", "sort 3 1 2", "Which option is better? A or B"]
@@ -163,7 +167,7 @@ def test_zoo_entries_still_load(tmp_path, monkeypatch, folders):
     """The toy group: roles without a path load `<zoo root>/<zoo entry>` after the zoo is built."""
     shutil.copytree(folders["bytelevel"], tmp_path / "student")
     shutil.copytree(folders["metaspace"], tmp_path / "teacher")
-    monkeypatch.setattr(models, "ensure_zoo", lambda cfg: tmp_path)
+    monkeypatch.setattr(app_models, "ensure_zoo", lambda cfg: tmp_path)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config")
     student, tok_s, teacher, tok_t = load_pair(cfg.model)
@@ -433,7 +437,7 @@ def test_corrupt_zoo_entry_names_the_entry(tmp_path, monkeypatch, folders):
     shutil.copytree(folders["bytelevel"], tmp_path / "student")
     shutil.copytree(folders["metaspace"], tmp_path / "teacher")
     _truncate(tmp_path / "teacher" / "model.safetensors")
-    monkeypatch.setattr(models, "ensure_zoo", lambda cfg: tmp_path)
+    monkeypatch.setattr(app_models, "ensure_zoo", lambda cfg: tmp_path)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config")
     assert one_line_error(load_pair, cfg.model) == (

@@ -9,13 +9,14 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from pad_lightning import datamodule as dm_mod
-from pad_lightning import losses
-from pad_lightning.datamodule import RolloutConfig, RolloutDataModule
-from pad_lightning.evaluation import EvalConfig
-from pad_lightning.module import LossConfig, OptimConfig, PADModule
-from pad_lightning.rollout import CalibrationConfig, SamplingConfig, generate
-from pad_lightning.toy.tasks import sample_problems
+from pad_lightning.data.tasks import sample_problems
+from pad_lightning.lm.generation import SamplingConfig, generate
+from pad_lightning.ranking import losses
+from pad_lightning.training import datamodule as dm_mod
+from pad_lightning.training.datamodule import RolloutConfig, RolloutDataModule
+from pad_lightning.training.evaluation import EvalConfig
+from pad_lightning.training.module import LossConfig, OptimConfig, PADModule
+from pad_lightning.training.rollout import CalibrationConfig
 
 
 def _checksum(model: torch.nn.Module) -> float:
@@ -111,7 +112,7 @@ def test_checkpoint_without_student_weights_is_refused(tok):
 
 @pytest.mark.parametrize("loss", ["ppd", "vpd"])
 def test_training_step_loss_matches_the_loss_of_recomputed_rewards(tok, loss):
-    from pad_lightning.rewards import score_pairs
+    from pad_lightning.lm.scoring import score_pairs
 
     module, dm, trainer = _setup(tok, loss=loss, calibration="none", epochs=1)
     trainer.fit(module, datamodule=dm)
@@ -184,7 +185,7 @@ def test_combine_rounds():
 
 
 def test_time_breakdown_per_epoch(tok):
-    from pad_lightning.callbacks import RolloutLogger, time_line
+    from pad_lightning.training.callbacks import RolloutLogger, time_line
 
     logger = RolloutLogger(table_every=0, print_every=0)
     module, dm, trainer = _setup(tok, epochs=2, callbacks=[logger])

@@ -14,14 +14,15 @@ import pytest
 import torch
 from conftest import subprocess_env, tiny_model
 
-from pad_lightning import baselines
-from pad_lightning.datamodule import RolloutConfig, RolloutDataModule
-from pad_lightning.evaluation import EvalConfig
-from pad_lightning.module import OptimConfig, PADModule
-from pad_lightning.objectives import NEEDS, OBJECTIVES, LossConfig
-from pad_lightning.rewards import score_pairs
-from pad_lightning.rollout import CalibrationConfig, SamplingConfig
-from pad_lightning.toy.tasks import sample_problems
+from pad_lightning.data.tasks import sample_problems
+from pad_lightning.lm.generation import SamplingConfig
+from pad_lightning.lm.scoring import score_pairs
+from pad_lightning.ranking import baselines
+from pad_lightning.training.datamodule import RolloutConfig, RolloutDataModule
+from pad_lightning.training.evaluation import EvalConfig
+from pad_lightning.training.module import OptimConfig, PADModule
+from pad_lightning.training.objectives import NEEDS, OBJECTIVES, LossConfig
+from pad_lightning.training.rollout import CalibrationConfig
 
 BASE_KEYS = {"input_ids", "attention_mask", "score_mask", "shape"}
 KEYS_OF_NEED = {

@@ -1,4 +1,4 @@
-"""pad_lightning.plots: figures from a fake run history and rollout table (and back from MLflow)."""
+"""pad_lightning.reporting.figures: figures from a fake run history and rollout table (and back from MLflow)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer
 from PIL import Image
 
-from pad_lightning import plots
+from pad_lightning.reporting import figures as plots
 
 STEPS = 30  # optimizer steps = epochs (one step per rollout round)
 TEST_METRICS = {  # before, after

@@ -1,4 +1,4 @@
-"""Tests for Plackett-Luce ranking distributions and divergences (pad_lightning.preference)."""
+"""Tests for Plackett-Luce ranking distributions and divergences (pad_lightning.ranking.plackett_luce)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pad_lightning.preference import (
+from pad_lightning.ranking.plackett_luce import (
     MAX_EXACT_N,
     _dp_layers,
     _edge_levels,
@@ -317,7 +317,7 @@ def test_pl_kl_n16_runs():
 
 
 def test_pl_kl_chunked_matches_unchunked(monkeypatch):
-    import pad_lightning.preference as pref
+    import pad_lightning.ranking.plackett_luce as pref
 
     torch.manual_seed(5)
     s = torch.randn(5, 6, dtype=F64, requires_grad=True)

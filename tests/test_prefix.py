@@ -7,9 +7,8 @@ import torch
 from tiny_models import FLAVOURS, make_tiny_lm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pad_lightning.chat import encode_pairs, pad_id
-from pad_lightning.prefix import shareable, shared_prefix_rewards
-from pad_lightning.rewards import score_pairs
+from pad_lightning.lm.chat import encode_pairs, pad_id
+from pad_lightning.lm.scoring import score_pairs, shareable, shared_prefix_rewards
 
 
 def _pairs(tok, prompts: int = 6, seed: int = 0):

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from tiny_models import make_tiny_lm
 
-from pad_lightning.validation import check
+from pad_lightning.app.checks import check
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

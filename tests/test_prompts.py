@@ -1,4 +1,4 @@
-"""Tests for prompt datasets (pad_lightning.prompts, data=jsonl|parquet|csv|ultrafeedback).
+"""Tests for prompt datasets (pad_lightning.data.prompts, data=jsonl|parquet|csv|ultrafeedback).
 
 Every test writes its data files in tmp_path and uses a datasets cache there (offline).
 """
@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from pad_lightning.chat import encode_prompt
-from pad_lightning.data import build_problems
-from pad_lightning.metrics import quality_matrix
-from pad_lightning.prompts import DataError, check_data, load_prompts, prompt_key
-from pad_lightning.toy.tokenizer import build_char_tokenizer
+from pad_lightning.data.answers import quality_matrix
+from pad_lightning.data.problems import build_problems
+from pad_lightning.data.prompts import check_data, load_prompts, prompt_key
+from pad_lightning.lm.chat import encode_prompt
+from pad_lightning.runtime.errors import DataError
+from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 CHAT = [

@@ -1,7 +1,7 @@
 """Kill anywhere, resume, same answer; and the same seed twice gives the same metrics (CPU).
 
 A run is killed with SIGKILL at exact places (`PAD_LIGHTNING_FAULT=<point>:<k>`, see
-`pad_lightning.interrupts`): during a rollout, during an optimizer step, while a checkpoint is
+`pad_lightning.runtime.interrupts`): during a rollout, during an optimizer step, while a checkpoint is
 being written, after a checkpoint is written but before its metrics are committed to MLflow, and
 before the final evaluation. Each is resumed, and the finished MLflow run must
 hold exactly the metric histories of an uninterrupted run with the same seed: every step once,
@@ -24,7 +24,7 @@ EPOCHS = 3  # smoke: 2 optimizer steps per epoch, validation every 2 epochs
 
 
 def rollout_table(root: Path, run_dir: Path) -> list[dict]:
-    from pad_lightning.plots import rollouts_from_mlflow
+    from pad_lightning.reporting.figures import rollouts_from_mlflow
 
     run_id = json.loads((run_dir / "run_state.json").read_text())["mlflow_run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")

@@ -1,4 +1,4 @@
-"""Tests for length-normalised sequence rewards (pad_lightning.rewards)."""
+"""Tests for length-normalised sequence rewards (pad_lightning.lm.scoring)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import FullLogits
 
-from pad_lightning.chat import EncodedPair, encode_pairs
-from pad_lightning.rewards import (
+from pad_lightning.lm.chat import EncodedPair, encode_pairs
+from pad_lightning.lm.scoring import (
     length_normalised,
     pad_pairs,
     score_pairs,
@@ -128,7 +128,7 @@ def test_gradients_flow(tok, make_model):
 
 
 def test_lm_head_skipped_on_prompt_positions(tok, model):
-    from pad_lightning.rewards import response_logits
+    from pad_lightning.lm.scoring import response_logits
 
     batch = pad_pairs(_pairs(tok), tok.pad_token_id)
     shortest_prompt = min(p.prompt_len for p in _pairs(tok))
@@ -165,8 +165,8 @@ def test_chunked_lm_head_equals_the_full_one(tok, make_model, monkeypatch):
     """Above LOGIT_BUDGET the LM head runs on chunks of scored positions: the same log-probs and
     the same gradients (each chunk recomputed in backward), while a model whose logits are
     post-processed after the head keeps the full forward."""
-    from pad_lightning import rewards
-    from pad_lightning.rewards import split_head, token_log_probs
+    from pad_lightning.lm import scoring as rewards
+    from pad_lightning.lm.scoring import split_head, token_log_probs
 
     batch = pad_pairs(_pairs(tok), tok.pad_token_id)
     full_model, chunked_model = make_model(0), make_model(0)

@@ -1,4 +1,4 @@
-"""Tests for sampling and rollout collection (pad_lightning.rollout)."""
+"""Tests for sampling and rollout collection (pad_lightning.training.rollout)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import pytest
 import torch
 from conftest import sharpen, tiny_model
 
-from pad_lightning.calibration import mix, selection_log_probs
-from pad_lightning.chat import encode_pairs
-from pad_lightning.rewards import score_pairs
-from pad_lightning.rollout import CalibrationConfig, SamplingConfig, collect, generate
+from pad_lightning.lm.chat import encode_pairs
+from pad_lightning.lm.generation import SamplingConfig, generate
+from pad_lightning.lm.judge import selection_log_probs
+from pad_lightning.lm.scoring import score_pairs
+from pad_lightning.ranking.selection import mix
+from pad_lightning.training.rollout import CalibrationConfig, collect
 
 PROMPTS = ["rev abc", "sort 3 1 2", "123+456="]
 LONG_PROMPT = "rev " + "abcdefghij" * 5
@@ -248,11 +250,11 @@ def test_generate_can_still_strip_special_tokens_for_exports(tok):
 def test_evaluate_teacher_reward_of_a_special_token_student_is_not_the_best(tok):
     from types import SimpleNamespace
 
-    from pad_lightning.evaluation import EvalConfig, evaluate
+    from pad_lightning.training.evaluation import EvalConfig, evaluate
 
     teacher = sharpen(tiny_model(tok, seed=1), tok)
-    from pad_lightning.module import OptimConfig, PADModule
-    from pad_lightning.objectives import LossConfig
+    from pad_lightning.training.module import OptimConfig, PADModule
+    from pad_lightning.training.objectives import LossConfig
 
     module = PADModule(
         _emitting_only(tok, ["<|assistant|>"]),
@@ -281,7 +283,8 @@ def test_teacher_reuses_the_student_ids_when_the_tokenizers_are_the_same(
     encoded pairs as they are; the text path (rendering again) gives the same rewards."""
     import copy
 
-    from pad_lightning import chat, rollout
+    from pad_lightning.lm import chat
+    from pad_lightning.training import rollout
 
     twin = copy.deepcopy(tok)
     assert chat.same_tokenizer(tok, twin)

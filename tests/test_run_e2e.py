@@ -137,8 +137,8 @@ def test_mlflow_run_has_params_metrics_and_artifacts(smoke_run):
 def test_rollout_table_grows_with_an_epoch_column(smoke_run):
     import pandas as pd
 
-    from pad_lightning.callbacks import TABLE_COLUMNS
-    from pad_lightning.plots import rollouts_from_mlflow
+    from pad_lightning.reporting.figures import rollouts_from_mlflow
+    from pad_lightning.training.callbacks import TABLE_COLUMNS
 
     tmp, _ = smoke_run
     summary = json.loads((tmp / "run" / "summary.json").read_text())

@@ -1,4 +1,4 @@
-"""Tests for the inverse-CDF sampler and the decoding loop (pad_lightning.sampling).
+"""Tests for the inverse-CDF sampler and the decoding loop (pad_lightning.lm.sampling).
 
 The sampler must draw from exactly the distribution HF's warpers define: `warp` is compared with
 transformers' own warpers, and draws are checked with a chi-square goodness-of-fit test (fixed
@@ -18,8 +18,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from pad_lightning.rollout import SamplingConfig, generate
-from pad_lightning.sampling import decode, hf_only_settings, sample_tokens, warp
+from pad_lightning.lm.generation import SamplingConfig, generate
+from pad_lightning.lm.sampling import decode, hf_only_settings, sample_tokens, warp
 
 PROMPTS = ["rev abc", "sort 3 1 2", "123+456=", "rev " + "abcdefghij" * 3]
 
@@ -106,7 +106,7 @@ def test_large_vocabulary_rows_are_independent():
 
 
 def _left_padded(tok, prompts):
-    from pad_lightning.chat import encode_prompt
+    from pad_lightning.lm.chat import encode_prompt
 
     encoded = [encode_prompt(tok, p) for p in prompts]
     width = max(len(e) for e in encoded)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pad_lightning.sharding import ShardingConfig, gathered, is_gathered, local_numel, shard
+from pad_lightning.lm.sharding import ShardingConfig, gathered, is_gathered, local_numel, shard
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def _worker(rank: int, port: int, out: dict) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp._fully_shard import _fsdp_param_group as groups
 
-        from pad_lightning.sampling import decode
+        from pad_lightning.lm.sampling import decode
 
         full = _tiny()
         model = _tiny()

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env
 
-from pad_lightning.calibration import mcq_prompt
-from pad_lightning.toy import zoo
-from pad_lightning.toy.tasks import Problem, quality, sample_problems
-from pad_lightning.toy.tokenizer import build_char_tokenizer
-from pad_lightning.toy.zoo import ModelSpec, ZooConfig, ensure_zoo, flawed
+from pad_lightning.data.tasks import Problem, quality, sample_problems
+from pad_lightning.lm.judge import mcq_prompt
+from pad_lightning.zoo import builder as zoo
+from pad_lightning.zoo.builder import ModelSpec, ZooConfig, ensure_zoo, flawed
+from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_adding_the_study_fields_keeps_the_default_zoo_key():
     _sys.path.insert(0, str(REPO / "experiments"))
     from _setup import run_config
 
-    from pad_lightning.models import zoo_config
+    from pad_lightning.app.models import zoo_config
 
     assert zoo_config(run_config([]).model.zoo).key() == "reverse-62fe2e5593"
     study = zoo_config(run_config(["experiment=study"]).model.zoo)

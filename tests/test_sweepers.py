@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import subprocess_env
 
-from pad_lightning.run import objective_value
+from pad_lightning.app.main import objective_value
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests for the toy task families (pad_lightning.toy.tasks)."""
+"""Tests for the toy task families (pad_lightning.data.tasks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pad_lightning.toy.tasks import (
+from pad_lightning.data.tasks import (
     SPLITS,
     TASKS,
     corrupt,

@@ -1,10 +1,10 @@
-"""Tests for the toy character tokenizer and its chat template (pad_lightning.toy.tokenizer)."""
+"""Tests for the toy character tokenizer and its chat template (pad_lightning.zoo.tokenizer)."""
 
 from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from pad_lightning.toy.tokenizer import CHARACTERS, SPECIAL_TOKENS
+from pad_lightning.zoo.tokenizer import CHARACTERS, SPECIAL_TOKENS
 
 CONVERSATION = [
     {"role": "user", "content": "rev abc"},

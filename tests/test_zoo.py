@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pad_lightning.toy import zoo
-from pad_lightning.toy.zoo import ModelSpec, ZooConfig, ensure_zoo, entry_problem, file_records
-from pad_lightning.validation import ConfigError
+from pad_lightning.runtime.errors import ConfigError
+from pad_lightning.zoo import builder as zoo
+from pad_lightning.zoo.builder import ModelSpec, ZooConfig, ensure_zoo, entry_problem, file_records
 
 TEACHER = ModelSpec(
     hidden_size=32,
@@ -81,9 +81,9 @@ def test_zoo_key_changes_with_anything_that_shapes_the_models(tmp_path):
 
 def test_sft_learns_the_task(tmp_path):
     """A little SFT must beat the untrained model's validation quality."""
-    from pad_lightning.toy.tasks import sample_problems
-    from pad_lightning.toy.tokenizer import build_char_tokenizer
-    from pad_lightning.toy.zoo import answer_accuracy, build_model, train_model
+    from pad_lightning.data.tasks import sample_problems
+    from pad_lightning.zoo.builder import answer_accuracy, build_model, train_model
+    from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
     cfg = _cfg(tmp_path)
     spec = ModelSpec(

@@ -1,24 +1,21 @@
-"""Entry point: `python -m pad_lightning.run [hydra overrides]`.
+"""Entry point: `python -m pad_lightning.run [hydra overrides]` (and the `pad-lightning` command).
 
 compose config -> check it -> build models, DataModule, PADModule, Trainer, MLflow logger ->
 evaluate on the test set (before) -> fit (on-policy PAD) -> evaluate (after) -> report.
 Resume a stopped run with `python -m pad_lightning.run resume=<its output directory>`.
 
-Every expected failure ends the process with one line on stderr and a non-zero status:
-`config error:` (a bad config value or override, found before anything is built), `data error:`
-(a prompt file), `checkpoint error:` (an unreadable checkpoint on resume), `training error:`
-(non-finite loss, gradients, weights or scores), `error:` (a file that cannot be written). A run
-stopped by SIGTERM or Ctrl-C exits with 128 + the signal number and prints how to resume it.
+Every expected failure ends the process with one line on stderr and a non-zero status,
+`<kind> error: <message>` (`runtime.errors.PadError`): `config error:` (a bad config value or
+override, found before anything is built), `data error:` (a prompt file), `model error:` (a
+model folder or chat template), `checkpoint error:` (an unreadable checkpoint on resume),
+`training error:` (non-finite loss, gradients, weights or scores), and `error:` (a file that
+cannot be written). A run stopped by SIGTERM or Ctrl-C exits with 128 + the signal number and
+prints how to resume it. The job itself is `app.main.run_job`.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
-import signal
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -26,271 +23,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # MLflow draws a download bar each time a rollout table grows; the run has its own display
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-import warnings  # noqa: E402
-
 import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from . import interrupts  # noqa: E402
-from .configs import CONFIG_PATH  # noqa: E402
-from .validation import ConfigError, check  # noqa: E402
-
-warnings.filterwarnings(
-    "ignore",
-    message=r".*(LeafSpec|litlogger|does not have many workers|in eval mode at the start|`IterableDataset` has `__len__`).*",
-)
-_unique: dict[str, str] = {}
-
-
-def unique_dir(path: str) -> str:
-    """Create `path` (or the first free `path-2`, `path-3`, ...) and return it; the same answer
-    for the same `path` within a process (Hydra resolves the run directory more than once)."""
-    if path not in _unique:
-        base = Path(path)
-        try:
-            base.parent.mkdir(parents=True, exist_ok=True)
-            for i in itertools.count(1):
-                candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
-                try:
-                    candidate.mkdir()
-                except FileExistsError:
-                    continue
-                _unique[path] = str(candidate)
-                break
-        except OSError as err:
-            raise ConfigError(
-                f"hydra.run.dir={path!r}: cannot create the run directory ({err.strerror}); "
-                "run from a writable directory or set hydra.run.dir"
-            ) from None
-    return _unique[path]
-
-
-OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True, replace=True)
-
-
-MOVED = {"trainer.strategy": "strategy=<auto|ddp|fsdp> (the strategy group, conf/strategy/)"}
-
-
-def hydra_message(err: BaseException) -> str:
-    """One line from Hydra's or OmegaConf's multi-line message (options listed as `valid:`)."""
-    if isinstance(err.__cause__, ConfigError) or isinstance(err, ConfigError):
-        return str(err.__cause__ if isinstance(err.__cause__, ConfigError) else err)
-    for old, new in MOVED.items():
-        if f"Could not override '{old}'" in str(err):
-            return f"{old}: moved; use {new}"
-    lines = str(err).splitlines()
-    head, options, in_options = [], [], False
-    for line in lines:
-        if line.startswith("Available options in"):
-            in_options = True
-        elif in_options and line.startswith("\t"):
-            options.append(line.strip())
-        elif line.startswith("Config search path"):
-            break
-        elif line.strip() and not line.startswith((" ", "\t")):
-            in_options = False
-            head.append(line.strip().rstrip("."))
-    text = "; ".join(head) or type(err).__name__
-    return f"{text}; valid: {', '.join(options)}" if options else text
-
-
-def _one_line_config_errors() -> None:
-    """Hydra prints composition errors (an unknown group option, a bad override) on several lines
-    with a hint about HYDRA_FULL_ERROR; make them one `config error:` line like ours."""
-    import hydra._internal.utils as hydra_utils
-    from hydra.errors import HydraException
-
-    original = hydra_utils.run_and_report
-    if getattr(original, "_pad_lightning", False):
-        return
-
-    def run_and_report(func):
-        def guarded():
-            try:
-                return func()
-            except (HydraException, OmegaConfBaseException) as err:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                    raise
-                sys.exit(f"config error: {hydra_message(err)}")
-            except OSError as err:  # Hydra creating the run directory or writing .hydra/ there
-                sys.exit(
-                    f"config error: hydra.run.dir: cannot write {err.filename} ({err.strerror}); "
-                    "run from a writable directory or set hydra.run.dir"
-                )
-
-        return original(guarded)
-
-    run_and_report._pad_lightning = True
-    hydra_utils.run_and_report = run_and_report
+from pad_lightning.app.configs import CONFIG_PATH  # noqa: E402
+from pad_lightning.app.main import one_line_config_errors, run_job  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from .resume import RunFinished, resumed_config
-    from .tracking import absolute_tracking_uri
-
-    interrupts.install()
-    hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
-    sweep = None
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        from .sweep import parent_info
-
-        sweep = {"dir": str(Path(hydra_cfg.sweep.dir).resolve()), "job": hydra_cfg.job.num}
-        parent = parent_info(sweep["dir"])
-        if parent is not None:
-            sweep["parent_run_id"] = parent["run_id"]
-            sweep["swept"] = parent.get("swept", [])
-        if _spawns_ranks(cfg):
-            return _job_in_own_process(cfg, hydra_cfg, sweep, overrides)
-    elif os.environ.get(SWEEP_JOB_ENV):  # one multi-process job of a sweep (_job_in_own_process)
-        sweep = {**json.loads(os.environ[SWEEP_JOB_ENV]), "own_process": True}
-
-    def fail(message: str) -> None:
-        """End this run with one line; in a sweep, note the failed job and go on to the next."""
-        if sweep is None or sweep.get("own_process"):
-            sys.exit(message)
-        from .sweep import record_failure
-
-        record_failure(sweep["job"], overrides, message)
-
-    state = None
-    try:
-        if cfg.resume:
-            cfg, state = resumed_config(Path(cfg.resume), cfg, overrides)
-            overrides = state.get("overrides", [])
-        else:
-            cfg.logger.tracking_uri = absolute_tracking_uri(str(cfg.logger.tracking_uri))
-        check(cfg)
-    except RunFinished as note:
-        print(note)
-        return
-    except ConfigError as err:
-        return fail(f"config error: {err}")
-    except OmegaConfBaseException as err:
-        return fail(f"config error: {getattr(err, 'full_key', '') or ''}: {hydra_message(err)}")
-    from .checkpointing import CheckpointError
-    from .divergence import TrainingDiverged
-    from .experiment import run_experiment
-    from .prompts import DataError
-
-    try:
-        summary_path = run_experiment(cfg, overrides, state, sweep)
-    except DataError as err:
-        return fail(f"data error: {err}")
-    except ConfigError as err:  # found while loading (e.g. a model without a chat template)
-        return fail(f"config error: {err}")
-    except CheckpointError as err:
-        return fail(f"checkpoint error: {err}")
-    except TrainingDiverged as err:
-        return fail(f"training error: {err}")
-    except (interrupts.Preempted, KeyboardInterrupt) as stop:
-        if isinstance(stop, KeyboardInterrupt):  # Ctrl-C before the run was set up
-            stop = interrupts.Preempted(signal.SIGINT)
-        if sweep is not None:  # the whole sweep stops
-            from .sweep import set_parent_status
-
-            set_parent_status(sweep["dir"], "KILLED")
-        from lightning.pytorch.utilities import rank_zero_only
-
-        if rank_zero_only.rank != 0:  # rank 0 says it once
-            sys.exit(stop.exit_code)
-        if (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").exists():
-            print(
-                f"stopped by {stop}; the run keeps its last checkpoint. Resume with: "
-                f"python -m pad_lightning.run resume={cfg.output_dir}",
-                file=sys.stderr,
-            )
-        else:
-            print(
-                f"stopped by {stop} before the first checkpoint; nothing to resume", file=sys.stderr
-            )
-        sys.exit(stop.exit_code)
-    except OSError as err:  # disk full, a file made read-only mid-run
-        where = f"{err.filename}: " if err.filename else ""
-        return fail(f"error: {where}{err.strerror or err}")
-    if summary_path is not None:  # global rank 0
-        print(summary_path)
-        return objective_value(json.loads(summary_path.read_text()), cfg.get("objective"))
-    return None
-
-
-SWEEP_JOB_ENV = "PAD_LIGHTNING_SWEEP_JOB"
-
-
-def _spawns_ranks(cfg: DictConfig) -> bool:
-    """Whether Lightning will start extra processes for this job (DDP/FSDP on one machine; not
-    under SLURM or torchrun, which start every rank themselves)."""
-    external = ("LOCAL_RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID")
-    devices = cfg.trainer.devices
-    return str(devices) not in ("1", "[0]") and not any(k in os.environ for k in external)
-
-
-def _job_in_own_process(cfg: DictConfig, hydra_cfg, sweep: dict, overrides: list[str]):
-    """Run one job of a `--multirun` as a fresh `python -m pad_lightning.run` (a single run in
-    the job's directory, nested under the sweep's MLflow parent) and return its objective.
-
-    Lightning starts the extra ranks of a multi-process job by re-running the command line and
-    keeps its process group for the life of the process: inside one sweep process the second
-    job would find the first job's (exited) ranks. A process per job gives each its own."""
-    import subprocess
-
-    from hydra.utils import get_original_cwd
-
-    from .sweep import record_failure
-
-    job_dir = hydra_cfg.runtime.output_dir
-    command = [
-        sys.executable,
-        "-m",
-        "pad_lightning.run",
-        *overrides,
-        f"hydra.run.dir={json.dumps(job_dir)}",
-        "hydra.output_subdir=null",  # the sweep already wrote the job's .hydra/
-    ]
-    env = dict(os.environ, **{SWEEP_JOB_ENV: json.dumps(sweep)})
-    child = subprocess.Popen(command, env=env, cwd=get_original_cwd())
-    try:
-        code = child.wait()
-    except (interrupts.Preempted, KeyboardInterrupt):
-        child.terminate()  # SIGTERM: the job stops at the end of its step, keeps its checkpoint
-        child.wait()
-        raise
-    for stop in (signal.SIGTERM, signal.SIGINT):  # stopped: the whole sweep stops, as it would
-        if code in (128 + stop, -stop):  # for a job in this process
-            raise interrupts.Preempted(stop)
-    summary = Path(job_dir) / "summary.json"
-    if code != 0 or not summary.is_file():
-        record_failure(sweep["job"], overrides, f"exit status {code} (its error is printed above)")
-        return None
-    return objective_value(json.loads(summary.read_text()), cfg.get("objective"))
-
-
-def objective_value(summary: dict, name: str | None) -> float | None:
-    """The summary metric `objective` names (`val/<metric>`, `after/<metric>`, `delta/<metric>`)
-    that the run returns to Hydra: what a sweeper that optimises (Optuna) maximises or
-    minimises. None, with a line on stderr, when the run did not measure it."""
-    if not name:
-        return None
-    part, _, metric = str(name).partition("/")
-    value = summary.get(part, {}).get(metric) if isinstance(summary.get(part), dict) else None
-    if value is None:
-        print(
-            f"objective={name}: not measured by this run (validation runs every "
-            "trainer.val_every_n_epochs epochs; val/* needs one during the fit)",
-            file=sys.stderr,
-        )
-        return None
-    return float(value)
+    return run_job(cfg)
 
 
 def cli() -> None:
     """The `pad-lightning` console command: `python -m pad_lightning.run`."""
-    _one_line_config_errors()
+    one_line_config_errors()
     main()
 
 

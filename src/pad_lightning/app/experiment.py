@@ -1,0 +1,485 @@
+"""One PAD experiment, top to bottom: setup -> evaluate before -> fit -> evaluate after -> report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from transformers.utils import logging as hf_logging
+
+from pad_lightning.app.checks import responses_per_round
+from pad_lightning.app.models import load_pair
+from pad_lightning.app.resume import check_epochs
+from pad_lightning.data.problems import build_problems
+from pad_lightning.lm.chat import prompt_text
+from pad_lightning.lm.generation import SamplingConfig
+from pad_lightning.lm.judge import DEFAULT_OPTION_TEMPLATE, mcq_prompt, option_token_ids
+from pad_lightning.lm.loading import save_student
+from pad_lightning.lm.sharding import full_state_dict
+from pad_lightning.runtime import interrupts
+from pad_lightning.runtime.errors import ConfigError, TrainingDiverged
+from pad_lightning.runtime.files import write_atomic
+from pad_lightning.tracking.mlflow_run import (
+    RunLogger,
+    log_datasets,
+    log_student_model,
+    parameter_counts,
+    run_name,
+    run_tags,
+    ui_hint,
+)
+from pad_lightning.training.callbacks import RolloutLogger, parts_text
+from pad_lightning.training.checkpoints import (
+    AtomicCheckpointIO,
+    RollingCheckpoint,
+    pick_resume_checkpoint,
+)
+from pad_lightning.training.datamodule import RolloutConfig, RolloutDataModule
+from pad_lightning.training.evaluation import EvalConfig
+from pad_lightning.training.module import OptimConfig, PADModule, resolve_inference_dtype
+from pad_lightning.training.objectives import LOSS_KNOBS, LossConfig, objective
+from pad_lightning.training.progress import RunProgress
+from pad_lightning.training.rollout import CalibrationConfig
+from pad_lightning.training.strategy import sharding_config, trainer_strategy
+
+console = Console()
+
+
+class _DropNoise(logging.Filter):
+    """Lightning's advertising tip and its per-rank SIGTERM notice (we print our own line)."""
+
+    NOISE = ("litlogger", "Received SIGTERM", "Bypassing SIGTERM")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    for _handler in logging.getLogger(_name).handlers:
+        _handler.addFilter(_DropNoise())
+# start/stop notices of MLflow's system metrics thread
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+# transformers' per-file bars (loading and writing weights): the run has its own display
+hf_logging.disable_progress_bar()
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": value}, values as strings (MLflow params)."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _configs(cfg: DictConfig) -> tuple:
+    roll = cfg.rollout
+    sampling = SamplingConfig(
+        roll.temperature,
+        roll.top_p,
+        roll.top_k,
+        roll.max_new_tokens,
+        roll.generation_batch_size,
+        roll.get("sampler", "inverse_cdf"),
+    )
+    cal = CalibrationConfig(
+        cfg.calibration.name,
+        cfg.calibration.alpha,
+        cfg.calibration.mode,
+        cfg.calibration.debias,
+        cfg.calibration.template,
+        cfg.calibration.get("option_template", DEFAULT_OPTION_TEMPLATE),
+    )
+    dec = cfg.decomposition
+    group_size = dec.group_size if dec.name in ("split", "iterative") else None
+    # iterative: n / k rounds per epoch of k fresh samples each; split: one rollout of n
+    per_round = responses_per_round(cfg)
+    rollout = RolloutConfig(
+        per_round,
+        roll.prompts_per_epoch,
+        roll.batch_size,
+        roll.every_n_epochs,
+        roll.max_tokens,
+        roll.sample_log_prompts,
+        rounds=cfg.n // per_round,
+    )
+    knobs = {k: cfg.loss[k] for k in LOSS_KNOBS if k in cfg.loss}
+    loss = LossConfig(
+        cfg.loss.name,
+        cfg.loss.get("beta_student", 1.0),
+        cfg.loss.get("beta_teacher", 1.0),
+        group_size,
+        cfg.loss.get("divergence"),
+        **knobs,
+    )
+    optim = OptimConfig(**OmegaConf.to_container(cfg.trainer.optim))
+    return sampling, cal, rollout, loss, optim
+
+
+def run_experiment(
+    cfg: DictConfig, overrides: list[str], state: dict | None = None, sweep: dict | None = None
+) -> Path | None:
+    """Run one configured experiment; returns the path of its summary.json (None off rank 0).
+
+    `state` is the run_state.json of a run being resumed (None for a new run); `sweep` names the
+    multirun a job belongs to (`dir`, `job`), for its MLflow tags.
+    Under DDP every rank runs this function (Lightning relaunches the command with the same
+    output directory); only global rank 0 writes files, and every rank takes the same branches
+    so that collective calls (test, fit) match.
+    """
+    run_dir = Path(cfg.output_dir)
+    resuming = state is not None
+    is_zero = rank_zero_only.rank == 0
+    if is_zero and not resuming:
+        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    # Prompt files are read before any model loads (a bad file costs seconds, not minutes); the
+    # token-length filter needs the student tokenizer, so it applies after loading.
+    needs_tokenizer = cfg.data.get("max_prompt_tokens") is not None
+    if needs_tokenizer:
+        build_problems(_without_token_filter(cfg.data), log=lambda _: None)
+    else:
+        train, val, test = build_problems(cfg.data)
+    ckpt_path = pick_resume_checkpoint(run_dir) if resuming else None
+    if ckpt_path is not None:
+        check_epochs(ckpt_path, cfg.trainer.max_epochs)
+    student, tok_s, teacher, tok_t = load_pair(cfg.model)
+    _check_option_letters(cfg, tok_t)
+    _check_objective(cfg, tok_s, tok_t)
+    if needs_tokenizer:
+        train, val, test = build_problems(cfg.data, tokenizer=tok_s)
+    if "gold" in objective(cfg.loss.name).needs:
+        _check_references(cfg, train)
+    # Seeded after loading: building the zoo (first run only) draws random numbers, and a run
+    # must not depend on whether its models were cached.
+    L.seed_everything(cfg.seed, verbose=False)
+    sampling, cal, rollout, loss, optim = _configs(cfg)
+    batches_per_epoch = rollout.rounds * math.ceil(rollout.prompts_per_epoch / rollout.batch_size)
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # configs saved before it: 1
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)  # Lightning steps at epoch end
+    state = dict(state) if resuming else {"overrides": overrides}
+    # The learning-rate schedule keeps the length planned at the start, also when a resume
+    # extends trainer.max_epochs (the extra epochs run at the final learning rate).
+    state.setdefault("schedule_epochs", cfg.trainer.max_epochs)
+    module = PADModule(
+        student,
+        teacher,
+        tok_s,
+        tok_t,
+        loss,
+        optim,
+        EvalConfig(cfg.n, sampling, cal, rollout.max_tokens, cfg.seed, rollout.batch_size),
+        total_steps=state["schedule_epochs"] * steps_per_epoch,
+        inference_dtype=cfg.trainer.inference_dtype,
+        sharding=sharding_config(cfg),
+    )
+    datamodule = RolloutDataModule(
+        train, val, test, rollout, sampling, cal, cfg.seed, cfg.data.eval_batch_size
+    )
+
+    logger = RunLogger(
+        experiment_name=cfg.logger.experiment_name,
+        tracking_uri=cfg.logger.tracking_uri,
+        run_name=cfg.logger.run_name or run_name(state["overrides"], (sweep or {}).get("swept")),
+        tags=None if resuming else run_tags(state["overrides"], _nesting(cfg, sweep)),
+        run_id=state.get("mlflow_run_id"),
+    )
+    state["mlflow_run_id"] = logger.run_id
+    state_file = run_dir / "run_state.json"
+
+    def set_status(status: str) -> None:
+        state["status"] = status
+        if is_zero:
+            write_atomic(state_file, json.dumps(state, indent=2))
+        logger.set_status(status)
+
+    set_status("RUNNING")
+    if is_zero:
+        console.print(
+            f"run [bold]{logger._run_name}[/bold] ({'resumed, ' if resuming else ''}MLflow run "
+            f"{logger.run_id}) in {run_dir}\n{ui_hint(cfg.logger.tracking_uri, logger)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    logger.start_system_metrics(resume=resuming)
+    try:
+        with RunProgress(console) as progress:
+            summary_file = _run(
+                cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state, progress
+            )
+    except (interrupts.Preempted, KeyboardInterrupt) as stop:
+        logger.discard()  # steps after the last checkpoint run (and are logged) again on resume
+        set_status("KILLED")
+        if isinstance(stop, KeyboardInterrupt):  # Ctrl-C outside a trainer call
+            raise interrupts.Preempted(signal.SIGINT) from None
+        raise
+    except TrainingDiverged:
+        logger.commit()  # keep the curve up to the failure: it shows what diverged
+        set_status("FAILED")
+        raise
+    except BaseException:
+        logger.discard()
+        set_status("FAILED")
+        raise
+    interrupts.fault("report")
+    set_status("FINISHED")  # only now: the report and every file are written
+    return summary_file
+
+
+def _run(
+    cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state, progress
+) -> Path | None:
+    started = time.perf_counter()
+    is_zero = rank_zero_only.rank == 0
+    if is_zero and not resuming:
+        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        logger.log_hyperparams(parameter_counts(module.student, module.teacher))
+        log_datasets(logger, cfg.data, datamodule)
+        (run_dir / "overrides.yaml").write_text("\n".join(state["overrides"]) + "\n")
+        for name in ("config.yaml", "overrides.yaml"):
+            logger.experiment.log_artifact(logger.run_id, str(run_dir / name))
+
+    rollout_logger = RolloutLogger(
+        cfg.logger.log_rollouts_every,
+        datamodule.cfg.sample_log_prompts,
+        cfg.logger.get("print_time_every", 10),
+    )
+    checkpoints = RollingCheckpoint(
+        run_dir / "checkpoints", cfg.trainer.checkpoint_every_n_epochs, logger
+    )
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.get("num_nodes", 1),
+        strategy=trainer_strategy(cfg),
+        precision=cfg.trainer.precision,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        accumulate_grad_batches=accumulate,
+        logger=logger,
+        callbacks=[rollout_logger, checkpoints, progress],
+        plugins=[AtomicCheckpointIO()],
+        reload_dataloaders_every_n_epochs=datamodule.cfg.every_n_epochs,
+        check_val_every_n_epoch=cfg.trainer.val_every_n_epochs,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+    )
+
+    if is_zero and not resuming:  # what trainer.inference_dtype=auto chose on this machine
+        dtype = resolve_inference_dtype(
+            cfg.trainer.inference_dtype, trainer.strategy.root_device.type
+        )
+        logger.log_hyperparams({"trainer.inference_dtype_resolved": str(dtype or torch.float32)})
+    before_file = run_dir / "before.json"
+    if resuming and before_file.exists():
+        before = json.loads(before_file.read_text())
+    else:
+        before = _test(trainer, module, datamodule)
+        if is_zero:
+            write_atomic(before_file, json.dumps(before, indent=2))
+    if not resuming and cfg.trainer.val_every_n_epochs and datamodule.val_problems:
+        with interrupts.in_trainer():  # validation at step 0: the start of the val/* curves
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+    fit_started = time.perf_counter()
+    logger.hold_metrics = True
+    with interrupts.in_trainer():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    logger.hold_metrics = False
+    logger.commit()
+    fit_seconds = time.perf_counter() - fit_started
+    # the last validation's metrics (what a sweeper such as Optuna should select on, not test)
+    validation = {
+        k[len("val/") :]: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("val/")
+    }
+    interrupts.fault("final_eval")
+    after = _test(trainer, module, datamodule)
+
+    summary = {
+        "before": before,
+        "after": after,
+        "delta": {k: after[k] - before[k] for k in after if k in before},
+        "val": validation,
+        "timings": {
+            "total_s": time.perf_counter() - started,
+            "fit_s": fit_seconds,
+            **rollout_logger.summary(),
+        },
+        "overrides": state["overrides"],
+        "mlflow_run_id": logger.run_id,
+        "tracking_uri": cfg.logger.tracking_uri,
+        "run_dir": str(run_dir),
+        "resumed": resuming,
+        "ranks": trainer.world_size,
+        "params_per_rank": module.local_params,  # strategy=fsdp: what each rank stores
+    }
+    full_student = full_state_dict(module.student)  # FSDP: consolidated on rank 0 (collective)
+    if trainer.is_global_zero:
+        _log_scale(logger, module, summary)
+        student_dir = save_student(
+            module.student,
+            module.student_tokenizer,
+            run_dir / "student",
+            cfg.model.student,
+            state_dict=full_student,
+        )
+        summary_file = run_dir / "summary.json"
+        write_atomic(summary_file, json.dumps(summary, indent=2))
+        logger.experiment.log_artifact(logger.run_id, str(summary_file))
+        _log_plots(logger, run_dir)
+        if cfg.logger.log_student:
+            log_student_model(logger, student_dir)
+        report(summary)
+        return summary_file
+    return None
+
+
+def _log_scale(logger: RunLogger, module: PADModule, summary: dict) -> None:
+    """Wall time, and per rank the peak memory and (FSDP) the parameters each rank stores."""
+    times = summary["timings"]
+    metrics = {"system/time/fit_s": times["fit_s"], "system/time/total_s": times["total_s"]}
+    metrics.update({f"system/{k}": v for k, v in times.items() if k.startswith("memory/")})
+    logger.log_metrics(metrics, step=int(module.global_step))
+    if module.local_params:
+        params = {
+            f"sharding.{role}_params_rank{r}": n
+            for role, counts in module.local_params.items()
+            for r, n in enumerate(counts)
+        }
+        logger.log_hyperparams(params)
+        student = module.local_params["student"]
+        console.print(
+            "fsdp: student parameters stored per rank "
+            + ", ".join(f"rank {r}: {n:,}" for r, n in enumerate(student))
+            + f" (of {sum(student):,})",
+            highlight=False,
+        )
+
+
+def _without_token_filter(data_cfg: DictConfig) -> DictConfig:
+    out = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
+    out.max_prompt_tokens = None
+    return out
+
+
+def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
+    """Calibration needs one distinct token per option letter in the teacher's tokenizer."""
+    cal = cfg.calibration
+    if cal.name != "mcq" or cal.alpha == 0:
+        return
+    k = 2 if cal.mode == "pairwise" else responses_per_round(cfg)
+    try:
+        context = prompt_text(
+            teacher_tokenizer, mcq_prompt("q", ["a", "b"], cal.template, _option_template(cal))
+        )
+        option_token_ids(teacher_tokenizer, k, context)
+    except ValueError as err:
+        raise ConfigError(f"calibration.mode={cal.mode}: {err}") from None
+
+
+def _nesting(cfg: DictConfig, sweep: dict | None) -> dict | None:
+    """The sweep a run belongs to, or (`logger.parent_run_id`) the run it is nested under."""
+    parent = cfg.logger.get("parent_run_id")
+    if sweep is None and parent:
+        return {"parent_run_id": parent}
+    return sweep
+
+
+def _option_template(cal) -> str:
+    return cal.get("option_template", DEFAULT_OPTION_TEMPLATE)
+
+
+def _check_objective(cfg: DictConfig, student_tokenizer, teacher_tokenizer) -> None:
+    """Token-level distillation (GKD) reads the teacher's distribution over the student's
+    vocabulary at the student's token ids: refused when the two tokenizers differ."""
+    if "teacher_tokens" not in objective(cfg.loss.name).needs:
+        return
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s_vocab != t_vocab:
+        differ = sum(1 for tok, i in s_vocab.items() if t_vocab.get(tok) != i)
+        raise ConfigError(
+            f"loss={cfg.loss.name}: needs one tokenizer for student and teacher, but "
+            f"{student_tokenizer.name_or_path!r} ({len(s_vocab)} tokens) and "
+            f"{teacher_tokenizer.name_or_path!r} ({len(t_vocab)} tokens) differ on "
+            f"{differ} ids; use loss=seqkd (teacher samples) or a preference loss instead"
+        )
+
+
+def _check_references(cfg: DictConfig, train: list) -> None:
+    missing = sum(1 for p in train if getattr(p, "reference", None) is None)
+    if missing:
+        raise ConfigError(
+            f"loss={cfg.loss.name}: trains on gold answers, but {missing} of {len(train)} "
+            f"training prompts of data={cfg.data.name} have no reference answer (prompt sets "
+            "never do); use data=toy or another loss"
+        )
+
+
+def _test(trainer: L.Trainer, module: PADModule, datamodule) -> dict[str, float]:
+    """Test-set metrics of the student as it is now; logged as test/* at the current step (0
+    before training, the last step after it), so before/after draw as one line per metric."""
+    module.eval_tag = "test"
+    with interrupts.in_trainer():
+        results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    module.eval_tag = "val"
+    return {k[len("test/") :]: float(v) for k, v in results.items() if k.startswith("test/")}
+
+
+def _log_plots(logger: RunLogger, run_dir: Path) -> None:
+    """The end-of-run figures (plots.py) as PNG artifacts under plots/ (and in run_dir/plots)."""
+    from pad_lightning.reporting.figures import (
+        history_from_mlflow,
+        rollouts_from_mlflow,
+        run_figures,
+        save_figures,
+    )
+    from pad_lightning.training.callbacks import ROLLOUT_TABLE
+
+    client = logger.experiment
+    history = history_from_mlflow(client, logger.run_id)
+    rows = rollouts_from_mlflow(client, logger.run_id, ROLLOUT_TABLE)
+    paths = save_figures(run_figures(history, rows), run_dir / "plots")
+    if paths:
+        client.log_artifacts(logger.run_id, str(run_dir / "plots"), "plots")
+
+
+def report(summary: dict) -> None:
+    """The before / after table and the time breakdown, in the terminal."""
+    table = Table(title="PAD: held-out test metrics")
+    for col in ("metric", "before", "after", "delta"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    from pad_lightning.reporting.figures import REPORTED_METRICS
+
+    for name in REPORTED_METRICS:
+        if name in summary["before"]:
+            b, a = summary["before"][name], summary["after"][name]
+            table.add_row(name, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
+    console.print(table)
+    times = summary["timings"]
+    parts = parts_text(times, "mean_{}_s", "mean_{}_tokens_per_s")
+    console.print(  # soft_wrap: one line each, also when piped (no re-wrapping at 80 columns)
+        f"mean epoch {times.get('mean_epoch_s', 0):.2f}s: {parts}; "
+        f"fit {times['fit_s']:.0f}s, total {times['total_s']:.0f}s; "
+        f"MLflow run {summary['mlflow_run_id']}",
+        soft_wrap=True,
+        highlight=False,
+    )

@@ -1,0 +1,155 @@
+"""A `--multirun` as one MLflow parent run with its jobs as nested child runs.
+
+Hydra calls `MlflowSweep` (conf/hydra/default.yaml, `hydra.callbacks`) in the launching process:
+
+* at the start of a multirun it creates the parent run (named after the sweep's overrides,
+  the swept ones first: `sweep: n=2,4 loss=ppd,vpd (experiment=smoke)`) and writes
+  `<sweep dir>/mlflow_parent.json`; every job
+  reads that file and creates its run with the tag `mlflow.parentRunId`, so the MLflow UI shows
+  the jobs nested under the sweep (one click expands or collapses it). The file, not process
+  state, carries the id, so launchers that run jobs in other processes or hosts work the same.
+* each job's line (`#2 : loss=vpd n=2`) is printed when it starts;
+* a job that fails prints its one-line error and the sweep goes on with the next job;
+* at the end `python -m pad_lightning.compare <sweep dir>` runs: the table of swept settings
+  against final metrics is printed and logged with its chart to the parent run (compare/);
+  then the parent is FINISHED if every job finished, else FAILED, and the command exits with
+  status 1 after a line naming the failed jobs. A sweep stopped by SIGTERM or Ctrl-C marks
+  the parent KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+PARENT_FILE = "mlflow_parent.json"
+_failures: list[str] = []  # jobs of this process's sweep that failed (one line each)
+
+
+def parent_info(sweep_dir: str | Path) -> dict | None:
+    """The parent run of the sweep in `sweep_dir` (run_id, tracking_uri, experiment_id), or None."""
+    path = Path(sweep_dir) / PARENT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def record_failure(job: int, overrides: list[str], message: str) -> None:
+    """Note a failed job of the current sweep; its line goes to stderr now."""
+    line = f"#{job} ({' '.join(overrides)}): {message}"
+    _failures.append(line)
+    print(f"job {line}", file=sys.stderr, flush=True)
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a sweep varies (`n=2,4`, `seed=range(3)`, `loss=choice(ppd,vpd)`), in order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def set_parent_status(sweep_dir: str | Path, status: str) -> None:
+    """End the sweep's parent run (if it has one) as FINISHED, FAILED or KILLED."""
+    info = parent_info(sweep_dir)
+    if info is not None:
+        _client(info["tracking_uri"]).set_terminated(info["run_id"], status)
+
+
+class MlflowSweep(Callback):
+    """Hydra callback: the MLflow parent run of a multirun (see the module docstring)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from pad_lightning.tracking.mlflow_run import (
+            absolute_tracking_uri,
+            experiment_id,
+            naming_overrides,
+            override_key,
+            run_tags,
+        )
+
+        _failures.clear()
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        uri = absolute_tracking_uri(str(config.logger.tracking_uri))
+        overrides = list(config.hydra.overrides.task)
+        client = _client(uri)
+        exp_id = experiment_id(client, config.logger.experiment_name)
+        tags = run_tags(overrides)
+        tags.update(
+            {
+                "sweep.dir": str(sweep_dir),
+                "sweep.parent": "true",
+                "mlflow.note.content": "Sweep `"
+                + " ".join(overrides)
+                + f"`; its jobs are the nested runs. Directory: {sweep_dir}",
+            }
+        )
+        swept = swept_keys(overrides)
+        named = naming_overrides(overrides)
+        varying = [o for o in named if override_key(o) in swept]
+        shared = [o for o in named if override_key(o) not in swept]
+        # a sweeper with its own search space (Optuna: hydra.sweeper.params) sweeps those keys
+        space = OmegaConf.select(config, "hydra.sweeper.params") or {}
+        if space and "_target_" in config.hydra.sweeper:
+            sweeper = str(config.hydra.sweeper._target_).rsplit(".", 1)[-1].replace("Sweeper", "")
+            swept = swept + [str(k) for k in space if str(k) not in swept]
+            varying.append(f"{sweeper.lower()}({', '.join(str(k) for k in space)})")
+        name = "sweep: " + " ".join(varying) + (f" ({' '.join(shared)})" if shared else "")
+        run = client.create_run(exp_id, run_name=name[:250], tags=tags)
+        info = {
+            "run_id": run.info.run_id,
+            "tracking_uri": uri,
+            "experiment_id": exp_id,
+            "swept": swept,
+        }
+        (sweep_dir / PARENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        print(
+            f"sweep {sweep_dir}: MLflow parent run {run.info.run_id} ({name})",
+            flush=True,
+        )
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+            print(f"#{hydra_cfg.job.num} : {' '.join(hydra_cfg.overrides.task)}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        info = parent_info(sweep_dir)
+        failed = list(_failures)
+        if info is not None:  # jobs in other processes: their MLflow runs tell
+            client = _client(info["tracking_uri"])
+            children = client.search_runs(
+                [info["experiment_id"]],
+                filter_string=f"tags.mlflow.parentRunId = '{info['run_id']}'",
+            )
+            for child in children:
+                if child.info.status != "FINISHED" and not any(
+                    f"#{child.data.tags.get('sweep.job')} " in line for line in failed
+                ):
+                    failed.append(f"#{child.data.tags.get('sweep.job')}: {child.info.status}")
+        # the sweep's table (mean +- std over seeds) and chart, logged to the parent run
+        from pad_lightning.reporting.compare import main as compare
+
+        try:
+            compare([str(sweep_dir)])
+        except Exception as err:  # noqa: BLE001 - the jobs' results stand without the table
+            print(f"compare: {err}", file=sys.stderr)
+        results = sweep_dir / "optimization_results.yaml"  # Optuna's best parameters
+        if info is not None and results.is_file():
+            _client(info["tracking_uri"]).log_artifact(info["run_id"], str(results))
+        if info is not None:
+            set_parent_status(sweep_dir, "FAILED" if failed else "FINISHED")
+        if failed:
+            sys.exit(f"sweep {sweep_dir}: {len(failed)} job(s) failed: " + "; ".join(failed))

@@ -1,0 +1,2 @@
+"""Prompt sets (files, hub datasets), the toy tasks and their verifier, answer metrics.
+Imports: runtime, ranking, lm."""

@@ -1,0 +1,24 @@
+"""Answer metrics against the toy tasks' references: exact match, graded quality q."""
+
+from __future__ import annotations
+
+import torch
+
+from pad_lightning.data.tasks import exact_match, quality
+
+
+def answer_metrics(answers: list[str], references: list[str]) -> dict[str, float]:
+    """Exact match rate and mean quality of one answer per reference."""
+    return {
+        "exact_match": sum(map(exact_match, answers, references)) / len(references),
+        "quality": sum(map(quality, answers, references)) / len(references),
+    }
+
+
+def quality_matrix(texts: list[list[str]], problems: list) -> torch.Tensor | None:
+    """True quality q of every sampled response, [P, n]; None unless every problem has a
+    reference (prompt-only data has no q)."""
+    refs = [getattr(p, "reference", None) for p in problems]
+    if any(r is None for r in refs):
+        return None
+    return torch.tensor([[quality(y, r) for y in g] for g, r in zip(texts, refs, strict=True)])
