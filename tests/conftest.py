@@ -19,15 +19,15 @@ TINY = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64
 # The unit tests below use tiny models: one thread is fastest and avoids oversubscribing a busy
 # machine (test_rollout: 25 s with two threads under load, under 1 s with one). Other test files are unaffected.
 SINGLE_THREAD_MODULES = {
-    "test_toy_tasks",
-    "test_toy_tokenizer",
+    "test_tasks",
+    "test_tokenizer",
     "test_chat",
-    "test_rewards",
-    "test_calibration",
+    "test_scoring",
+    "test_judge",
     "test_rollout",
-    "test_metrics",
-    "test_models",
-    "test_generate",
+    "test_agreement",
+    "test_loading",
+    "test_export",
 }
 
 

@@ -21,7 +21,7 @@ from pad_lightning.lm.chat import encode_prompt
 from pad_lightning.runtime.errors import DataError
 from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
+CONF = Path(__file__).resolve().parents[3] / "conf" / "data"
 CHAT = [
     {"role": "system", "content": "be brief"},
     {"role": "user", "content": "rev abc"},

@@ -16,7 +16,7 @@ import torch
 from conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cmd(tmp: Path, *overrides: str) -> list[str]:

@@ -19,7 +19,7 @@ import yaml
 from conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PIP = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
 # this interpreter's dependencies, minus any folder that holds pad_lightning itself
 DEPENDENCIES = [

@@ -259,5 +259,5 @@ def test_no_pyplot_state():
     subprocess.run(
         [sys.executable, "-c", code],
         check=True,
-        cwd=str(__import__("pathlib").Path(__file__).parents[1]),
+        cwd=str(__import__("pathlib").Path(__file__).parents[3]),
     )

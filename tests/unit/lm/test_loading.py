@@ -30,7 +30,7 @@ from pad_lightning.training.evaluation import EvalConfig
 from pad_lightning.training.module import LossConfig, OptimConfig, PADModule
 from pad_lightning.training.rollout import CalibrationConfig, collect
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 PROMPTS = ["rev abc", "sort 3 1 2", "Which option is better? A or B"]
 
 

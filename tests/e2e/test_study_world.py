@@ -19,7 +19,7 @@ from pad_lightning.zoo import builder as zoo
 from pad_lightning.zoo.builder import ModelSpec, ZooConfig, ensure_zoo, flawed
 from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_flaw_drops_the_answers_last_letter_for_the_flaw_letters_only():

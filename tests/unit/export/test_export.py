@@ -20,8 +20,9 @@ from pad_lightning.export.answers import (
     markdown_counts,
     resolve_run_student,
 )
+from pad_lightning.generate import main
 from pad_lightning.lm.generation import SamplingConfig, generate
-from pad_lightning.runtime.errors import ExportError, main
+from pad_lightning.runtime.errors import ExportError
 from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
 MAX_NEW = 10

@@ -73,7 +73,7 @@ def _fit(tok, name: str, epochs: int = 1, n: int = 3):
 
 
 def test_every_need_is_known_and_every_option_has_a_config():
-    conf = Path(__file__).resolve().parents[1] / "conf" / "loss"
+    conf = Path(__file__).resolve().parents[3] / "conf" / "loss"
     for name, objective in OBJECTIVES.items():
         assert objective.needs <= set(NEEDS), name
         assert (conf / f"{name}.yaml").is_file(), name
@@ -161,7 +161,7 @@ def test_the_reference_model_is_frozen_and_stays_out_of_checkpoints(tok):
     assert not any(k.startswith(("reference.", "teacher.")) for k in checkpoint["state_dict"])
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 BASELINES = ["dpo", "simpo", "dpo_pl", "lipo", "rrhf", "gkd", "seqkd", "sft"]
 
 

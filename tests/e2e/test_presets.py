@@ -31,7 +31,7 @@ from tiny_models import make_tiny_lm
 from pad_lightning.app.checks import check
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
 PRESETS = ("pad_gemma2", "pad_llama3", "pad_cross_family")
 UF_TRAIN_PREFS = 61_135  # rows (prompts) of HuggingFaceH4/ultrafeedback_binarized train_prefs
