@@ -214,3 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         print(export(args))
     except ExportError as err:
         sys.exit(f"generate error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,8 +6,8 @@ Resume a stopped run with `python -m pad_lightning.run resume=<its output direct
 
 Every expected failure ends the process with one line on stderr and a non-zero status,
 `<kind> error: <message>` (`runtime.errors.PadError`): `config error:` (a bad config value or
-override, found before anything is built), `data error:` (a prompt file), `model error:` (a
-model folder or chat template), `checkpoint error:` (an unreadable checkpoint on resume),
+override, or a model folder that cannot be used, found before anything is built), `data error:`
+(a prompt file), `checkpoint error:` (an unreadable checkpoint on resume),
 `training error:` (non-finite loss, gradients, weights or scores), and `error:` (a file that
 cannot be written). A run stopped by SIGTERM or Ctrl-C exits with 128 + the signal number and
 prints how to resume it. The job itself is `app.main.run_job`.

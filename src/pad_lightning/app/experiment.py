@@ -1,4 +1,12 @@
-"""One PAD experiment, top to bottom: setup -> evaluate before -> fit -> evaluate after -> report."""
+"""One PAD experiment as named phases, each a function below:
+
+    prepare -> build -> build_trainer -> evaluate_before -> fit -> evaluate_after -> finish
+
+`prepare` reads the data and the models and checks what needs them (no run exists yet); `build`
+makes the LightningModule, the DataModule and the MLflow run; the rest run inside the run's
+status bookkeeping (RUNNING, then FINISHED, KILLED or FAILED in run_state.json and MLflow).
+Importing this module changes no logging: `quiet_libraries` does, when a run starts.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import logging
 import math
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -64,13 +73,16 @@ class _DropNoise(logging.Filter):
         return not any(text in record.getMessage() for text in self.NOISE)
 
 
-for _name in ("lightning.pytorch", "lightning.fabric"):
-    for _handler in logging.getLogger(_name).handlers:
-        _handler.addFilter(_DropNoise())
-# start/stop notices of MLflow's system metrics thread
-logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-# transformers' per-file bars (loading and writing weights): the run has its own display
-hf_logging.disable_progress_bar()
+def quiet_libraries() -> None:
+    """Library chatter a run does not show: Lightning's tip and per-rank SIGTERM notice (the run
+    prints its own line), MLflow's system-metrics start/stop notices, transformers' per-file
+    bars (the run has its own display)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropNoise) for f in handler.filters):
+                handler.addFilter(_DropNoise())
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    hf_logging.disable_progress_bar()
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
@@ -129,6 +141,42 @@ def _configs(cfg: DictConfig) -> tuple:
     return sampling, cal, rollout, loss, optim
 
 
+@dataclass
+class Inputs:
+    """What `prepare` read: the prompt splits, both models and the checkpoint to resume from."""
+
+    train: list
+    val: list
+    test: list
+    student: torch.nn.Module
+    student_tokenizer: object
+    teacher: torch.nn.Module
+    teacher_tokenizer: object
+    ckpt_path: Path | None
+
+
+@dataclass
+class Run:
+    """What `build` made: the run's config and folder, its state file, module, data, logger."""
+
+    cfg: DictConfig
+    dir: Path
+    resuming: bool
+    state: dict
+    module: PADModule
+    datamodule: RolloutDataModule
+    logger: RunLogger
+    is_zero: bool
+    started: float = field(default_factory=time.perf_counter)
+    rollout_logger: RolloutLogger | None = None
+
+    def set_status(self, status: str) -> None:
+        self.state["status"] = status
+        if self.is_zero:
+            write_atomic(self.dir / "run_state.json", json.dumps(self.state, indent=2))
+        self.logger.set_status(status)
+
+
 def run_experiment(
     cfg: DictConfig, overrides: list[str], state: dict | None = None, sweep: dict | None = None
 ) -> Path | None:
@@ -140,15 +188,55 @@ def run_experiment(
     output directory); only global rank 0 writes files, and every rank takes the same branches
     so that collective calls (test, fit) match.
     """
+    quiet_libraries()
+    inputs = prepare(cfg, resuming=state is not None)
+    run = build(cfg, inputs, overrides, state, sweep)
+    run.set_status("RUNNING")
+    if run.is_zero:
+        console.print(
+            f"run [bold]{run.logger._run_name}[/bold] ({'resumed, ' if run.resuming else ''}"
+            f"MLflow run {run.logger.run_id}) in {run.dir}\n"
+            f"{ui_hint(cfg.logger.tracking_uri, run.logger)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    run.logger.start_system_metrics(resume=run.resuming)
+    try:
+        with RunProgress(console) as progress:
+            trainer = build_trainer(run, progress)
+            before = evaluate_before(run, trainer)
+            fit_seconds, validation = fit(run, trainer, inputs.ckpt_path)
+            after = evaluate_after(run, trainer)
+            summary_file = finish(run, trainer, before, after, validation, fit_seconds)
+    except (interrupts.Preempted, KeyboardInterrupt) as stop:
+        run.logger.discard()  # steps after the last checkpoint run (and are logged) again on resume
+        run.set_status("KILLED")
+        if isinstance(stop, KeyboardInterrupt):  # Ctrl-C outside a trainer call
+            raise interrupts.Preempted(signal.SIGINT) from None
+        raise
+    except TrainingDiverged:
+        run.logger.commit()  # keep the curve up to the failure: it shows what diverged
+        run.set_status("FAILED")
+        raise
+    except BaseException:
+        run.logger.discard()
+        run.set_status("FAILED")
+        raise
+    interrupts.fault("report")
+    run.set_status("FINISHED")  # only now: the report and every file are written
+    return summary_file
+
+
+def prepare(cfg: DictConfig, resuming: bool) -> Inputs:
+    """Config file, threads, prompt splits, the checkpoint to resume, both models, and the checks
+    that need them; seeded last. Prompt files are read before any model loads (a bad file costs
+    seconds, not minutes); the token-length filter needs the student tokenizer, so it applies
+    after loading."""
     run_dir = Path(cfg.output_dir)
-    resuming = state is not None
-    is_zero = rank_zero_only.rank == 0
-    if is_zero and not resuming:
+    if rank_zero_only.rank == 0 and not resuming:
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    # Prompt files are read before any model loads (a bad file costs seconds, not minutes); the
-    # token-length filter needs the student tokenizer, so it applies after loading.
     needs_tokenizer = cfg.data.get("max_prompt_tokens") is not None
     if needs_tokenizer:
         build_problems(_without_token_filter(cfg.data), log=lambda _: None)
@@ -167,6 +255,14 @@ def run_experiment(
     # Seeded after loading: building the zoo (first run only) draws random numbers, and a run
     # must not depend on whether its models were cached.
     L.seed_everything(cfg.seed, verbose=False)
+    return Inputs(train, val, test, student, tok_s, teacher, tok_t, ckpt_path)
+
+
+def build(
+    cfg: DictConfig, inputs: Inputs, overrides: list[str], state: dict | None, sweep: dict | None
+) -> Run:
+    """The LightningModule, the rollout DataModule and the MLflow run (new, or the resumed one)."""
+    resuming = state is not None
     sampling, cal, rollout, loss, optim = _configs(cfg)
     batches_per_epoch = rollout.rounds * math.ceil(rollout.prompts_per_epoch / rollout.batch_size)
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # configs saved before it: 1
@@ -176,10 +272,10 @@ def run_experiment(
     # extends trainer.max_epochs (the extra epochs run at the final learning rate).
     state.setdefault("schedule_epochs", cfg.trainer.max_epochs)
     module = PADModule(
-        student,
-        teacher,
-        tok_s,
-        tok_t,
+        inputs.student,
+        inputs.teacher,
+        inputs.student_tokenizer,
+        inputs.teacher_tokenizer,
         loss,
         optim,
         EvalConfig(cfg.n, sampling, cal, rollout.max_tokens, cfg.seed, rollout.batch_size),
@@ -188,9 +284,15 @@ def run_experiment(
         sharding=sharding_config(cfg),
     )
     datamodule = RolloutDataModule(
-        train, val, test, rollout, sampling, cal, cfg.seed, cfg.data.eval_batch_size
+        inputs.train,
+        inputs.val,
+        inputs.test,
+        rollout,
+        sampling,
+        cal,
+        cfg.seed,
+        cfg.data.eval_batch_size,
     )
-
     logger = RunLogger(
         experiment_name=cfg.logger.experiment_name,
         tracking_uri=cfg.logger.tracking_uri,
@@ -199,69 +301,36 @@ def run_experiment(
         run_id=state.get("mlflow_run_id"),
     )
     state["mlflow_run_id"] = logger.run_id
-    state_file = run_dir / "run_state.json"
-
-    def set_status(status: str) -> None:
-        state["status"] = status
-        if is_zero:
-            write_atomic(state_file, json.dumps(state, indent=2))
-        logger.set_status(status)
-
-    set_status("RUNNING")
-    if is_zero:
-        console.print(
-            f"run [bold]{logger._run_name}[/bold] ({'resumed, ' if resuming else ''}MLflow run "
-            f"{logger.run_id}) in {run_dir}\n{ui_hint(cfg.logger.tracking_uri, logger)}",
-            soft_wrap=True,
-            highlight=False,
-        )
-    logger.start_system_metrics(resume=resuming)
-    try:
-        with RunProgress(console) as progress:
-            summary_file = _run(
-                cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state, progress
-            )
-    except (interrupts.Preempted, KeyboardInterrupt) as stop:
-        logger.discard()  # steps after the last checkpoint run (and are logged) again on resume
-        set_status("KILLED")
-        if isinstance(stop, KeyboardInterrupt):  # Ctrl-C outside a trainer call
-            raise interrupts.Preempted(signal.SIGINT) from None
-        raise
-    except TrainingDiverged:
-        logger.commit()  # keep the curve up to the failure: it shows what diverged
-        set_status("FAILED")
-        raise
-    except BaseException:
-        logger.discard()
-        set_status("FAILED")
-        raise
-    interrupts.fault("report")
-    set_status("FINISHED")  # only now: the report and every file are written
-    return summary_file
+    return Run(
+        cfg,
+        Path(cfg.output_dir),
+        resuming,
+        state,
+        module,
+        datamodule,
+        logger,
+        is_zero=rank_zero_only.rank == 0,
+    )
 
 
-def _run(
-    cfg, run_dir, resuming, ckpt_path, module, datamodule, logger, state, progress
-) -> Path | None:
-    started = time.perf_counter()
-    is_zero = rank_zero_only.rank == 0
-    if is_zero and not resuming:
+def build_trainer(run: Run, progress: RunProgress) -> L.Trainer:
+    """The Lightning Trainer with the run's callbacks; a new run logs its params and inputs."""
+    cfg, logger, datamodule = run.cfg, run.logger, run.datamodule
+    if run.is_zero and not run.resuming:
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
-        logger.log_hyperparams(parameter_counts(module.student, module.teacher))
+        logger.log_hyperparams(parameter_counts(run.module.student, run.module.teacher))
         log_datasets(logger, cfg.data, datamodule)
-        (run_dir / "overrides.yaml").write_text("\n".join(state["overrides"]) + "\n")
+        (run.dir / "overrides.yaml").write_text("\n".join(run.state["overrides"]) + "\n")
         for name in ("config.yaml", "overrides.yaml"):
-            logger.experiment.log_artifact(logger.run_id, str(run_dir / name))
-
-    rollout_logger = RolloutLogger(
+            logger.experiment.log_artifact(logger.run_id, str(run.dir / name))
+    run.rollout_logger = RolloutLogger(
         cfg.logger.log_rollouts_every,
         datamodule.cfg.sample_log_prompts,
         cfg.logger.get("print_time_every", 10),
     )
     checkpoints = RollingCheckpoint(
-        run_dir / "checkpoints", cfg.trainer.checkpoint_every_n_epochs, logger
+        run.dir / "checkpoints", cfg.trainer.checkpoint_every_n_epochs, logger
     )
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
@@ -270,9 +339,9 @@ def _run(
         strategy=trainer_strategy(cfg),
         precision=cfg.trainer.precision,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
-        accumulate_grad_batches=accumulate,
+        accumulate_grad_batches=cfg.trainer.get("accumulate_grad_batches", 1),
         logger=logger,
-        callbacks=[rollout_logger, checkpoints, progress],
+        callbacks=[run.rollout_logger, checkpoints, progress],
         plugins=[AtomicCheckpointIO()],
         reload_dataloaders_every_n_epochs=datamodule.cfg.every_n_epochs,
         check_val_every_n_epoch=cfg.trainer.val_every_n_epochs,
@@ -280,77 +349,103 @@ def _run(
         use_distributed_sampler=False,
         log_every_n_steps=1,
         enable_model_summary=False,
-        default_root_dir=run_dir,
+        default_root_dir=run.dir,
     )
-
-    if is_zero and not resuming:  # what trainer.inference_dtype=auto chose on this machine
+    if run.is_zero and not run.resuming:  # what trainer.inference_dtype=auto chose on this machine
         dtype = resolve_inference_dtype(
             cfg.trainer.inference_dtype, trainer.strategy.root_device.type
         )
         logger.log_hyperparams({"trainer.inference_dtype_resolved": str(dtype or torch.float32)})
-    before_file = run_dir / "before.json"
-    if resuming and before_file.exists():
+    return trainer
+
+
+def evaluate_before(run: Run, trainer: L.Trainer) -> dict[str, float]:
+    """Test metrics of the untrained student (read back on resume), then validation at step 0
+    (the start of the val/* curves)."""
+    before_file = run.dir / "before.json"
+    if run.resuming and before_file.exists():
         before = json.loads(before_file.read_text())
     else:
-        before = _test(trainer, module, datamodule)
-        if is_zero:
+        before = _test(trainer, run.module, run.datamodule)
+        if run.is_zero:
             write_atomic(before_file, json.dumps(before, indent=2))
-    if not resuming and cfg.trainer.val_every_n_epochs and datamodule.val_problems:
-        with interrupts.in_trainer():  # validation at step 0: the start of the val/* curves
-            trainer.validate(module, datamodule=datamodule, verbose=False)
+    if not run.resuming and run.cfg.trainer.val_every_n_epochs and run.datamodule.val_problems:
+        with interrupts.in_trainer():
+            trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
+    return before
+
+
+def fit(run: Run, trainer: L.Trainer, ckpt_path: Path | None) -> tuple[float, dict[str, float]]:
+    """On-policy training; returns its seconds and the last validation's metrics (what a sweeper
+    such as Optuna selects on, never test)."""
     fit_started = time.perf_counter()
-    logger.hold_metrics = True
+    run.logger.hold_metrics = True
     with interrupts.in_trainer():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    logger.hold_metrics = False
-    logger.commit()
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=ckpt_path)
+    run.logger.hold_metrics = False
+    run.logger.commit()
     fit_seconds = time.perf_counter() - fit_started
-    # the last validation's metrics (what a sweeper such as Optuna should select on, not test)
     validation = {
         k[len("val/") :]: float(v)
         for k, v in trainer.callback_metrics.items()
         if k.startswith("val/")
     }
-    interrupts.fault("final_eval")
-    after = _test(trainer, module, datamodule)
+    return fit_seconds, validation
 
+
+def evaluate_after(run: Run, trainer: L.Trainer) -> dict[str, float]:
+    """Test metrics of the trained student."""
+    interrupts.fault("final_eval")
+    return _test(trainer, run.module, run.datamodule)
+
+
+def finish(
+    run: Run,
+    trainer: L.Trainer,
+    before: dict[str, float],
+    after: dict[str, float],
+    validation: dict[str, float],
+    fit_seconds: float,
+) -> Path | None:
+    """summary.json, the saved student, the figures and the terminal report (rank 0)."""
+    cfg, module, logger = run.cfg, run.module, run.logger
     summary = {
         "before": before,
         "after": after,
         "delta": {k: after[k] - before[k] for k in after if k in before},
         "val": validation,
         "timings": {
-            "total_s": time.perf_counter() - started,
+            "total_s": time.perf_counter() - run.started,
             "fit_s": fit_seconds,
-            **rollout_logger.summary(),
+            **run.rollout_logger.summary(),
         },
-        "overrides": state["overrides"],
+        "overrides": run.state["overrides"],
         "mlflow_run_id": logger.run_id,
         "tracking_uri": cfg.logger.tracking_uri,
-        "run_dir": str(run_dir),
-        "resumed": resuming,
+        "run_dir": str(run.dir),
+        "resumed": run.resuming,
         "ranks": trainer.world_size,
         "params_per_rank": module.local_params,  # strategy=fsdp: what each rank stores
     }
     full_student = full_state_dict(module.student)  # FSDP: consolidated on rank 0 (collective)
-    if trainer.is_global_zero:
-        _log_scale(logger, module, summary)
-        student_dir = save_student(
-            module.student,
-            module.student_tokenizer,
-            run_dir / "student",
-            cfg.model.student,
-            state_dict=full_student,
-        )
-        summary_file = run_dir / "summary.json"
-        write_atomic(summary_file, json.dumps(summary, indent=2))
-        logger.experiment.log_artifact(logger.run_id, str(summary_file))
-        _log_plots(logger, run_dir)
-        if cfg.logger.log_student:
-            log_student_model(logger, student_dir)
-        report(summary)
-        return summary_file
-    return None
+    if not trainer.is_global_zero:
+        return None
+    _log_scale(logger, module, summary)
+    student_dir = save_student(
+        module.student,
+        module.student_tokenizer,
+        run.dir / "student",
+        cfg.model.student,
+        state_dict=full_student,
+    )
+    summary_file = run.dir / "summary.json"
+    write_atomic(summary_file, json.dumps(summary, indent=2))
+    logger.experiment.log_artifact(logger.run_id, str(summary_file))
+    _log_plots(logger, run.dir)
+    if cfg.logger.log_student:
+        log_student_model(logger, student_dir)
+    report(summary)
+    return summary_file
 
 
 def _log_scale(logger: RunLogger, module: PADModule, summary: dict) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pad_lightning.lm.chat import prompt_text
-from pad_lightning.runtime.errors import DataError
+from pad_lightning.runtime.errors import DataError, first_line
 
 FILE_FORMATS = {"jsonl": "json", "parquet": "parquet", "csv": "csv"}  # data.name -> builder
 HUB = "ultrafeedback"
@@ -203,8 +203,7 @@ def _root_reason(err: BaseException) -> str:
     """First line of the innermost cause (`datasets` wraps reader errors in a generic one)."""
     while (inner := err.__cause__ or err.__context__) is not None:
         err = inner
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return first_line(err)
 
 
 def _offline() -> bool:

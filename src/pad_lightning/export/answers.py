@@ -19,6 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from pad_lightning.lm.generation import SamplingConfig, generate
 from pad_lightning.lm.loading import load_model, load_tokenizer, resolve_source, role_options
 from pad_lightning.runtime.errors import ConfigError, ExportError
+from pad_lightning.runtime.files import write_atomic
+from pad_lightning.tracking.mlflow_run import sqlite_path
 
 
 @dataclass(frozen=True)
@@ -187,10 +189,9 @@ def model_folder_problem(path: Path, chat_template_given: bool = False) -> str |
 
 def _check_tracking_uri(uri: str) -> None:
     """A sqlite tracking URI must name an existing database (MLflow would create an empty one)."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        if not db.is_file():
-            raise ExportError(f"--tracking-uri {uri}: no such MLflow database file {db}")
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ExportError(f"--tracking-uri {uri}: no such MLflow database file {db}")
 
 
 def resolve_run_student(run_id: str, tracking_uri: str, download_dir: Path) -> Path:
@@ -411,9 +412,7 @@ def write_records(fmt_name: str, records: list[dict], out: Path) -> None:
         text = json.dumps(records, indent=2, ensure_ascii=False) + "\n"
     else:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(out)
+    write_atomic(out, text, encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from pad_lightning.runtime.errors import ModelError
 
-class ChatTemplateError(ValueError):
+
+class ChatTemplateError(ModelError):
     """A tokenizer whose chat template cannot render prompt/response pairs as we need."""
 
 
@@ -48,6 +51,19 @@ def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bo
     )
     _SAME[key] = (a, b, bool(same))
     return bool(same)
+
+
+def padded(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple:
+    """(ids, attention mask), both [len(rows), longest] long tensors: each row right-padded with
+    `pad_id` (left-padded with `left`, as generation and a shared prompt cache need)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r)
+        mask[i, span] = 1
+    return ids, mask
 
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from pad_lightning.lm.chat import encode_prompt, pad_id
+from pad_lightning.lm.chat import encode_prompt, pad_id, padded
+from pad_lightning.lm.precision import autocast
 from pad_lightning.lm.sampling import decode, hf_only_settings
 
 
@@ -101,16 +102,10 @@ def generate(
     lengths, truncated = [], []
     for start in range(0, len(prompts), per_call):
         encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + per_call]]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), padding, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, e in enumerate(encoded):  # left padding: generation continues every row's end
-            ids[i, width - len(e) :] = torch.tensor(e)
-            attn[i, width - len(e) :] = 1
+        # left padding: generation continues every row's end
+        ids, attn = padded(encoded, padding, left=True)
         k = 1 if greedy else n
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
+        with autocast(device, autocast_dtype):
             if own_sampler:  # each prompt's k rows side by side, as HF returns them
                 new = decode(
                     model,
@@ -130,7 +125,7 @@ def generate(
                     input_ids=ids.to(device),
                     attention_mask=attn.to(device),
                     **_hf_kwargs(sampling, stops, padding, greedy, n),
-                )[:, width:]
+                )[:, ids.shape[1] :]
         grouped, length, cut = _cut(new.cpu(), stops, tokenizer, skip_special_tokens, k)
         texts.extend(grouped)
         lengths.append(length)

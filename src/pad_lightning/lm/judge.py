@@ -28,6 +28,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from pad_lightning.lm.chat import EncodedPair, pad_id, prompt_text
+from pad_lightning.lm.precision import autocast
 from pad_lightning.lm.scoring import logits_at, pad_pairs, token_budget_chunks
 from pad_lightning.ranking.selection import LOG_P_FLOOR, log_selection, questions_for
 
@@ -96,9 +97,7 @@ def option_log_probs(
         batch = pad_pairs([pairs[i] for i in chunk], pad_id).to(device)
         last = batch.attention_mask.sum(-1) - 1
         keep = last.unique()  # only each row's last position is read
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
+        with autocast(device, autocast_dtype):
             logits = logits_at(model, batch, keep)
         column = torch.searchsorted(keep, last)
         picked = logits[torch.arange(len(chunk), device=device), column][:, option_ids].float()

@@ -35,8 +35,9 @@ from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from pad_lightning.lm.adapters import is_lora
 from pad_lightning.lm.chat import ChatTemplateError, check_end_marker, prompt_text, response_suffix
-from pad_lightning.runtime.errors import ConfigError
+from pad_lightning.runtime.errors import ConfigError, described, first_line
 
 ROLES = ("student", "teacher")
 DTYPES = {
@@ -250,17 +251,6 @@ def resolve_source(opts: RoleOptions, zoo_root: Path | None = None) -> str:
     return opts.path
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-def _error(err: BaseException) -> str:
-    """`Type: first line of the message` of an exception."""
-    first = _first_line(err)
-    return first if first == type(err).__name__ else f"{type(err).__name__}: {first}"
-
-
 def _source_key(opts: RoleOptions, source: str) -> str:
     return f"{opts.key('path')}={opts.path or source!r}"
 
@@ -296,7 +286,7 @@ def _safetensors_problem(path: Path) -> str | None:
         with safe_open(str(path), "pt") as weights:
             weights.keys()
     except (SafetensorError, OSError) as err:
-        return _error(err)
+        return described(err)
     return None
 
 
@@ -309,7 +299,7 @@ def _torch_problem(path: Path) -> str | None:
             zipfile.ZipFile(path).close()
             return None
     except (OSError, zipfile.BadZipFile) as err:
-        return _error(err)
+        return described(err)
     return None if head == LEGACY_TORCH_MAGIC else "not a torch checkpoint"
 
 
@@ -331,7 +321,7 @@ def check_weight_files(opts: RoleOptions, source: str) -> None:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
                 names = sorted(set(weight_map.values()))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-                raise _corrupt(opts, source, index, _error(err)) from None
+                raise _corrupt(opts, source, index, described(err)) from None
         if (folder / single).is_file():
             names.append(single)
         for name in names:
@@ -365,7 +355,7 @@ def check_model_files(opts: RoleOptions, source: str) -> None:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError
-            raise _corrupt(opts, source, path, _error(err)) from None
+            raise _corrupt(opts, source, path, described(err)) from None
         if not isinstance(data, dict):
             raise _corrupt(opts, source, path, f"a JSON {type(data).__name__}, not an object")
     for name in TEXT_FILES:
@@ -374,7 +364,7 @@ def check_model_files(opts: RoleOptions, source: str) -> None:
             if path.is_file():
                 path.read_text(encoding="utf-8")
         except (OSError, ValueError) as err:
-            raise _corrupt(opts, source, path, _error(err)) from None
+            raise _corrupt(opts, source, path, described(err)) from None
     check_weight_files(opts, source)
 
 
@@ -387,9 +377,9 @@ def _tokenizer_error(opts: RoleOptions, source: str, err: BaseException) -> Conf
         try:
             Tokenizer.from_file(str(file))
         except Exception as tok_err:  # the tokenizers library raises bare Exceptions
-            return _corrupt(opts, source, file, _error(tok_err))
+            return _corrupt(opts, source, file, described(tok_err))
     return ConfigError(
-        f"{_source_key(opts, source)}: its tokenizer fails to load ({_error(err)}); "
+        f"{_source_key(opts, source)}: its tokenizer fails to load ({described(err)}); "
         f"{_remedy(opts, folder)}"
     )
 
@@ -415,7 +405,7 @@ def _loading(opts: RoleOptions, source: str) -> Iterator[None]:
         raise
     except SafetensorError as err:  # a file the start-up check did not see (a download)
         raise ConfigError(
-            f"{key}: a safetensors weights file is corrupt or truncated ({_error(err)}); "
+            f"{key}: a safetensors weights file is corrupt or truncated ({described(err)}); "
             "re-save or re-download the model"
         ) from None
     except pickle.UnpicklingError:
@@ -434,10 +424,9 @@ def _loading(opts: RoleOptions, source: str) -> Iterator[None]:
             "attn_implementation" in message or "FlashAttention" in message
         ):
             raise ConfigError(
-                f"{opts.key('attn_implementation')}={opts.attn_implementation!r}: "
-                f"{_first_line(err)}"
+                f"{opts.key('attn_implementation')}={opts.attn_implementation!r}: {first_line(err)}"
             ) from None
-        raise ConfigError(f"{key}: {_first_line(err)}") from None
+        raise ConfigError(f"{key}: {first_line(err)}") from None
 
 
 def template_override(opts: RoleOptions) -> str | None:
@@ -478,7 +467,7 @@ def check_chat_template(opts: RoleOptions, tokenizer: PreTrainedTokenizerBase, s
     except Exception as err:  # jinja2 errors and template-raised exceptions
         raise ConfigError(
             f"{key}: the template of {opts.path or source!r} fails on a user/assistant "
-            f"exchange: {_first_line(err)}"
+            f"exchange: {first_line(err)}"
         ) from None
     # An empty response must have a scored span: the template's end-of-turn marker (see `chat`).
     try:
@@ -488,7 +477,7 @@ def check_chat_template(opts: RoleOptions, tokenizer: PreTrainedTokenizerBase, s
     except Exception as err:  # a template that refuses an empty assistant turn
         raise ConfigError(
             f"{key}: the template of {opts.path or source!r} fails on an empty assistant "
-            f"turn: {_first_line(err)}"
+            f"turn: {first_line(err)}"
         ) from None
 
 
@@ -589,11 +578,6 @@ def load_pair(model_cfg, zoo_root: Callable[[], Path] | None = None) -> tuple:
     student = load_model(options["student"], sources["student"])
     teacher = load_model(options["teacher"], sources["teacher"]).eval().requires_grad_(False)
     return student, tokenizers["student"], teacher, tokenizers["teacher"]
-
-
-def is_lora(model: torch.nn.Module) -> bool:
-    """True for a peft model (the student with `lora.r` > 0)."""
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

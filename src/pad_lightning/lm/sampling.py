@@ -24,6 +24,8 @@ from functools import lru_cache
 
 import torch
 
+from pad_lightning.lm.adapters import base_model
+
 SAMPLERS = ("inverse_cdf", "hf")
 BLOCK = 256  # tokens per block of the two-level inverse CDF (`sample_tokens`)
 HF_ONLY = (  # generation_config settings that add a logits processor `decode` does not have
@@ -149,7 +151,7 @@ def decode(
     in `suppress` are never produced."""
     rows = input_ids.shape[0]
     device = input_ids.device
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    inner = base_model(model)
     extra = {"logits_to_keep": 1} if _forward_takes(type(inner), "logits_to_keep") else {}
     # the KV cache argument: `cache` in recent transformers, `past_key_values` before
     cache_arg = "cache" if _forward_takes(type(inner), "cache") else "past_key_values"

@@ -21,7 +21,9 @@ from functools import lru_cache
 
 import torch
 
-from pad_lightning.lm.chat import EncodedPair
+from pad_lightning.lm.adapters import base_model
+from pad_lightning.lm.chat import EncodedPair, padded
+from pad_lightning.lm.precision import autocast
 from pad_lightning.lm.sampling import _forward_takes
 from pad_lightning.lm.sharding import is_gathered, is_sharded
 
@@ -42,13 +44,9 @@ class PaddedBatch:
 
 def pad_pairs(pairs: list[EncodedPair], pad_id: int) -> PaddedBatch:
     """Right padding keeps position ids 0..len-1 for every row, as in generation."""
-    width = max(len(p.ids) for p in pairs)
-    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(pairs), width), dtype=torch.long)
-    score = torch.zeros((len(pairs), width), dtype=torch.bool)
+    ids, attn = padded([p.ids for p in pairs], pad_id)
+    score = torch.zeros(ids.shape, dtype=torch.bool)
     for i, p in enumerate(pairs):
-        ids[i, : len(p.ids)] = torch.tensor(p.ids)
-        attn[i, : len(p.ids)] = 1
         score[i, p.prompt_len : len(p.ids)] = True
     return PaddedBatch(ids, attn, score)
 
@@ -106,7 +104,7 @@ def split_head(model: torch.nn.Module, batch: PaddedBatch):
     (a model whose logits are post-processed, e.g. soft-capped: then the full forward is used).
 
     Checked once per model class and vocabulary on the first row of `batch`."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     body = getattr(inner, "base_model", None)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if body is None or body is inner or head is None:
@@ -233,9 +231,7 @@ def score_pairs(
     device = torch.device(device)
     for chunk in token_budget_chunks([len(p.ids) for p in pairs], max_tokens):
         batch = pad_pairs([pairs[i] for i in chunk], pad_id).to(device)
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
+        with autocast(device, autocast_dtype):
             out[chunk] = sequence_rewards(model, batch).float().cpu()
     return out
 
@@ -243,7 +239,7 @@ def score_pairs(
 def shareable(model: torch.nn.Module, pairs: list[EncodedPair]) -> bool:
     """Whether shared-prefix scoring applies: some prompt has two or more responses, and the
     model's forward takes position ids and a KV cache (by either argument name)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     cls = type(inner)
     if not _forward_takes(cls, "position_ids") or not (
         _forward_takes(cls, "past_key_values") or _forward_takes(cls, "cache")
@@ -286,7 +282,7 @@ def _chunks(pairs: list[EncodedPair], of: list[int], prefixes, max_tokens: int) 
 def _forward(model, ids, mask, positions, cache=None):
     """A forward pass that keeps the KV cache (prefill when `cache` is None: only the last
     position's logits, where the model allows it); returns (output, cache)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     cache_arg = "cache" if _forward_takes(type(inner), "cache") else "past_key_values"
     kwargs = {cache_arg: cache} if cache is not None else {}
     if cache is None and _forward_takes(type(inner), "logits_to_keep"):
@@ -298,13 +294,7 @@ def _forward(model, ids, mask, positions, cache=None):
 
 
 def _padded(rows: list[list[int]], pad_id: int, left: bool, device) -> tuple:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        span = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, span] = torch.tensor(r)
-        mask[i, span] = 1
+    ids, mask = padded(rows, pad_id, left)
     return ids.to(device), mask.to(device)
 
 
@@ -374,8 +364,6 @@ def shared_prefix_rewards(
         members = [pairs[i] for i in chunk]
         scored = sum(len(p.ids) - p.prompt_len for p in members)
         use_split = split if scored * vocab > budget else None
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
+        with autocast(device, autocast_dtype):
             out[chunk] = _chunk_rewards(model, members, pad_id, device, use_split)
     return out

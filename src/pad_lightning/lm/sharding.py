@@ -1,8 +1,7 @@
-"""The `strategy` group: one process, DDP, or FSDP2 sharding of the student.
+"""FSDP2 sharding of one model (the Lightning strategy that uses it is `training.strategy`).
 
-`strategy=fsdp` runs on Lightning's `ModelParallelStrategy` (a data-parallel mesh over every
-rank) with PyTorch FSDP2: `PADModule.configure_model` calls `shard`, which applies `fully_shard`
-to each transformer block (the model's `_no_split_modules`) and then to the whole model.
+`shard` applies `fully_shard` to each transformer block (the model's `_no_split_modules`) and
+then to the whole model; `PADModule.configure_model` calls it under `strategy=fsdp`.
 
 * Generation and the other no-grad passes of a rollout or an evaluation run inside `gathered`:
   the weights are all-gathered once, every decoding step uses them, and they are resharded at
@@ -10,9 +9,6 @@ to each transformer block (the model's `_no_split_modules`) and then to the whol
   make a different number of scoring batches) cannot deadlock.
 * The teacher is `replicated` (a full frozen copy on every rank, as under DDP) or `sharded`
   (stored sharded, gathered for each rollout): the second saves its memory outside rollouts.
-* Checkpoints are distributed checkpoints (a directory per epoch, one shard file per rank);
-  `FSDPStrategy` saves and loads the student's shards only, never the frozen teacher, writes
-  the directory under a `.partial` name and renames it when every rank has finished.
 * The final student is consolidated (`full_state_dict`) and saved as one ordinary HF folder.
 """
 

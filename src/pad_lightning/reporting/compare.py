@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pad_lightning.tracking.mlflow_run import sqlite_path
+
 DEFAULT_METRICS = ("exact_match", "quality", "teacher_reward", "kendall_tau", "delta.exact_match")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SIDES = ("before", "after", "delta")
@@ -551,14 +553,8 @@ def comparison_figure(comparison: Comparison, metric: str | None = None, title: 
 # the command
 
 
-def _sqlite_file(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :])
-
-
 def _client(uri: str):
-    path = _sqlite_file(uri)
+    path = sqlite_path(uri)
     if path is not None and not path.is_file():
         raise CompareError(f"no MLflow store at {path}")
     from mlflow import MlflowClient

@@ -105,7 +105,10 @@ def _moving_average(values: Sequence[float], window: int) -> list[float]:
 
 
 def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall tau-b of two equally long sequences; NaN when either is constant (or n < 2)."""
+    """Kendall tau-b of two equally long sequences; NaN when either is constant (or n < 2).
+
+    Pure Python on purpose: `ranking.agreement.kendall_tau` goes through torchmetrics, which
+    imports matplotlib.pyplot, and figures must not touch pyplot's global state."""
     concordant = discordant = ties_a = ties_b = 0
     n = len(a)
     for i in range(n):

@@ -64,5 +64,11 @@ class ExportError(PadError, ValueError):
 
 def first_line(err: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type name."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def described(err: BaseException) -> str:
+    """`Type: first line of the message` of an exception (`Type` alone when it has none)."""
+    first = first_line(err)
+    return first if first == type(err).__name__ else f"{type(err).__name__}: {first}"

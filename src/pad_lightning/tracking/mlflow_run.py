@@ -55,6 +55,7 @@ def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
 
 
 def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///<path>` tracking URI; None for other stores."""
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 

@@ -20,7 +20,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pad_lightning.runtime.errors import CheckpointError, TrainingDiverged
+from pad_lightning.runtime.errors import CheckpointError, TrainingDiverged, described
+from pad_lightning.runtime.files import replaced_atomically
 from pad_lightning.runtime.interrupts import fault
 from pad_lightning.runtime.nonfinite import first_nonfinite, lr_hint
 
@@ -29,13 +30,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        with open(partial, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        fault("checkpoint_write")  # tests: a crash after the write, before the rename
-        os.replace(partial, path)
+        with replaced_atomically(path) as partial:
+            with open(partial, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            fault("checkpoint_write")  # tests: a crash after the write, before the rename
 
 
 class RollingCheckpoint(ModelCheckpoint):
@@ -134,13 +134,12 @@ def _readable(path: Path) -> str | None:
         try:
             header = read_header(path)
         except Exception as err:
-            return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            return described(err)
         return None if isinstance(header, dict) and "epoch" in header else "no loop state"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # as Lightning loads it
     except Exception as err:  # truncated zip, random bytes, pickle errors
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"{type(err).__name__}: {first}"
+        return described(err)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         return "not a Lightning checkpoint (no state_dict)"
     return None

@@ -18,7 +18,7 @@ from pad_lightning.runtime.nonfinite import first_nonfinite, lr_hint
 from pad_lightning.training.evaluation import EvalConfig, evaluate
 from pad_lightning.training.objectives import LossConfig, StudentView, build_batch, objective
 from pad_lightning.training.rollout import Extras, Rollout
-from pad_lightning.training.sft import cosine_with_warmup
+from pad_lightning.training.sft import adamw_cosine
 
 INFERENCE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
@@ -180,14 +180,15 @@ class PADModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
-        opt = torch.optim.AdamW(
+        return adamw_cosine(
             self.student.parameters(),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            betas=tuple(cfg.betas),
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.betas,
+            cfg.warmup_steps,
+            self.total_steps,
+            cfg.min_lr_ratio,
         )
-        sched = cosine_with_warmup(opt, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation -----------------------------------------------------------------------
     def _eval_step(self, problems: list, batch_idx: int) -> None:

@@ -23,6 +23,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from pad_lightning.lm.precision import autocast
 from pad_lightning.lm.scoring import (
     PaddedBatch,
     pad_pairs,
@@ -195,9 +196,7 @@ def teacher_logits(teacher: torch.nn.Module, samples: PaddedBatch, autocast_dtyp
     aligned with `StudentView.token_logits` (the same ids: GKD requires one tokenizer)."""
     device = next(teacher.parameters()).device
     batch = samples.to(device)
-    with torch.autocast(
-        device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-    ):
+    with autocast(device, autocast_dtype):
         logits, _ = response_logits(teacher, batch)
     return logits[:, :-1].float()
 

@@ -12,7 +12,23 @@ import lightning as L
 import torch
 from torch.utils.data import IterableDataset
 
-from pad_lightning.lm.chat import EncodedPair
+from pad_lightning.lm.chat import EncodedPair, padded
+
+
+def adamw_cosine(
+    params,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float = 0.1,
+) -> dict:
+    """AdamW with linear warm-up and cosine decay, stepped per optimizer step: what
+    `configure_optimizers` returns (the PAD module and the SFT module share it)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    sched = cosine_with_warmup(opt, warmup_steps, total_steps, min_ratio)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def cosine_with_warmup(
@@ -31,15 +47,10 @@ def cosine_with_warmup(
 
 def sft_batch(pairs: list[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input ids with labels only on the scored (response) span."""
-    width = max(len(p.ids) for p in pairs)
-    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
-    attn = torch.zeros((len(pairs), width), dtype=torch.long)
+    ids, attn = padded([p.ids for p in pairs], pad_id)
+    labels = torch.full(ids.shape, -100, dtype=torch.long)
     for i, p in enumerate(pairs):
-        row = torch.tensor(p.ids)
-        ids[i, : len(row)] = row
-        attn[i, : len(row)] = 1
-        labels[i, p.prompt_len : len(row)] = row[p.prompt_len :]
+        labels[i, p.prompt_len : len(p.ids)] = ids[i, p.prompt_len : len(p.ids)]
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
@@ -85,8 +96,11 @@ class SFTModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
-            self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay, betas=(0.9, 0.98)
+        return adamw_cosine(
+            self.model.parameters(),
+            self.lr,
+            self.weight_decay,
+            (0.9, 0.98),
+            self.warmup_steps,
+            self.total_steps,
         )
-        sched = cosine_with_warmup(opt, self.warmup_steps, self.total_steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -102,7 +102,7 @@ class FSDPStrategy(ModelParallelStrategy):
             set_optimizer_state_dict,
         )
 
-        from pad_lightning.runtime.errors import CheckpointError
+        from pad_lightning.runtime.errors import CheckpointError, first_line
 
         module = self.lightning_module
         frozen = module._frozen_student_keys()
@@ -115,8 +115,9 @@ class FSDPStrategy(ModelParallelStrategy):
         try:
             load(state, checkpoint_id=path)
         except Exception as err:  # a checkpoint of another student: missing or mis-shaped keys
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{path}: cannot load the student's shards ({first})") from None
+            raise CheckpointError(
+                f"{path}: cannot load the student's shards ({first_line(err)})"
+            ) from None
         set_model_state_dict(
             module.student,
             {k[len("student.") :]: v for k, v in state["state_dict"].items()},

@@ -42,7 +42,7 @@ from pad_lightning.data.tasks import Problem, corrupt, quality, sample_problems
 from pad_lightning.lm.chat import encode_pairs
 from pad_lightning.lm.generation import SamplingConfig, generate
 from pad_lightning.lm.judge import DEFAULT_OPTION_TEMPLATE, DEFAULT_TEMPLATE, LETTERS, mcq_prompt
-from pad_lightning.runtime.errors import ConfigError
+from pad_lightning.runtime.errors import ConfigError, described
 from pad_lightning.training.sft import BatchStream, SFTModule, sft_batch
 from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
@@ -474,12 +474,6 @@ def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _error(err: BaseException) -> str:
-    """`Type: first line of the message` of an exception."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -507,12 +501,12 @@ def _unrecorded_problem(root: Path) -> str | None:
             try:
                 json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as err:
-                return f"{role}/{path.name} is corrupt ({_error(err)})"
+                return f"{role}/{path.name} is corrupt ({described(err)})"
         try:
             with safe_open(root / role / "model.safetensors", "pt") as weights:
                 weights.keys()
         except Exception as err:  # SafetensorError (not an OSError), or an OSError
-            return f"{role}/model.safetensors is corrupt or truncated ({_error(err)})"
+            return f"{role}/model.safetensors is corrupt or truncated ({described(err)})"
     return None
 
 
@@ -528,7 +522,7 @@ def entry_problem(root: Path) -> tuple[str | None, dict | None]:
     except FileNotFoundError:
         return "card.json is missing", None
     except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError
-        return f"card.json is corrupt ({_error(err)})", None
+        return f"card.json is corrupt ({described(err)})", None
     files = card.get("files") if isinstance(card, dict) else None
     if (
         not isinstance(card, dict)
@@ -572,7 +566,7 @@ def _write_card(root: Path, card: dict) -> None:
 def _unwritable(cfg: ZooConfig, what: str, err: OSError, remove: Path | None = None) -> ConfigError:
     fix = f"remove it with `rm -rf {remove}`, or set" if remove is not None else "set"
     return ConfigError(
-        f"model.zoo.cache_dir={cfg.cache_dir!r}: {what} ({_error(err)}); {fix} "
+        f"model.zoo.cache_dir={cfg.cache_dir!r}: {what} ({described(err)}); {fix} "
         "model.zoo.cache_dir (or PAD_LIGHTNING_CACHE) to a writable folder"
     )
 

@@ -251,13 +251,13 @@ def test_rank_statistics_by_hand():
 
 def test_no_pyplot_state():
     code = (
-        "import sys; from pad_lightning import plots; "
-        "from tests.test_plots import fake_history, fake_rollouts; "
+        "import sys; from pad_lightning.reporting import figures as plots; "
+        "from test_figures import fake_history, fake_rollouts; "
         "figs = plots.run_figures(fake_history(), fake_rollouts()); "
         "assert len(figs) == 5; assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     )
     subprocess.run(
         [sys.executable, "-c", code],
         check=True,
-        cwd=str(__import__("pathlib").Path(__file__).parents[3]),
+        cwd=str(__import__("pathlib").Path(__file__).parent),
     )
