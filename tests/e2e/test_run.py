@@ -81,6 +81,24 @@ def test_default_run_writes_summary_and_prints_its_path_last(smoke_run):
     assert summary["timings"]["epochs"] == 3
 
 
+def test_run_says_whether_the_student_improved(smoke_run):
+    """summary.json, the last terminal lines and the MLflow tag `pad.outcome` carry the verdict
+    on the held-out headline metric, so a run list or sweep can filter on it."""
+    tmp, proc = smoke_run
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    verdict = summary["outcome"]
+    assert verdict["metric"] == "exact_match"
+    assert verdict["before"] == summary["before"]["exact_match"]
+    assert verdict["after"] == summary["after"]["exact_match"]
+    tags = _client(tmp).get_run(summary["mlflow_run_id"]).data.tags
+    assert tags["pad.outcome"] == verdict["verdict"]
+    assert (
+        f"outcome: {verdict['verdict'].upper() if verdict['verdict'] == 'worse' else verdict['verdict']}"
+        in proc.stdout
+    )
+    assert "GPU available" not in proc.stdout + proc.stderr
+
+
 def _steps(client, run_id: str, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, key)]
 
@@ -224,6 +242,10 @@ def test_multirun_is_one_parent_run_with_named_tagged_children_and_a_table(tmp_p
     job_lines = [line for line in proc.stdout.splitlines() if line.startswith("#")]
     assert [line.split(" : ")[0] for line in job_lines] == ["#0", "#1", "#2", "#3"]
     assert job_lines[0].endswith(" n=2 loss=ppd")
+    # each job's place and the sweep's ETA; the MLflow link once; no Lightning device lines
+    assert "  job 1/4\n" in proc.stdout and "  job 4/4, sweep ETA " in proc.stdout
+    assert proc.stdout.count("open it: mlflow ui") == 1
+    assert "GPU available" not in proc.stdout + proc.stderr
     assert "4 jobs, 4 finished; swept: loss, n" in proc.stdout
     compare_out = proc.stdout[proc.stdout.index("4 jobs, 4 finished") :]
     table_rows = [line for line in compare_out.splitlines() if line.startswith("│ ")]

@@ -10,8 +10,8 @@ Importing this module changes no logging: `quiet_libraries` does, when a run sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import math
 import signal
 import time
@@ -24,7 +24,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
-from transformers.utils import logging as hf_logging
 
 from pad_lightning.app.checks import responses_per_round
 from pad_lightning.app.models import load_pair
@@ -35,6 +34,7 @@ from pad_lightning.lm.generation import SamplingConfig
 from pad_lightning.lm.judge import DEFAULT_OPTION_TEMPLATE, mcq_prompt, option_token_ids
 from pad_lightning.lm.loading import save_student
 from pad_lightning.lm.sharding import full_state_dict
+from pad_lightning.reporting.outcome import Outcome, outcome
 from pad_lightning.runtime import interrupts
 from pad_lightning.runtime.errors import ConfigError, TrainingDiverged
 from pad_lightning.runtime.files import write_atomic
@@ -57,32 +57,11 @@ from pad_lightning.training.datamodule import RolloutConfig, RolloutDataModule
 from pad_lightning.training.evaluation import EvalConfig
 from pad_lightning.training.module import OptimConfig, PADModule, resolve_inference_dtype
 from pad_lightning.training.objectives import LOSS_KNOBS, LossConfig, objective
-from pad_lightning.training.progress import RunProgress
+from pad_lightning.training.progress import RunProgress, quiet_libraries
 from pad_lightning.training.rollout import CalibrationConfig
 from pad_lightning.training.strategy import sharding_config, trainer_strategy
 
 console = Console()
-
-
-class _DropNoise(logging.Filter):
-    """Lightning's advertising tip and its per-rank SIGTERM notice (we print our own line)."""
-
-    NOISE = ("litlogger", "Received SIGTERM", "Bypassing SIGTERM")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(text in record.getMessage() for text in self.NOISE)
-
-
-def quiet_libraries() -> None:
-    """Library chatter a run does not show: Lightning's tip and per-rank SIGTERM notice (the run
-    prints its own line), MLflow's system-metrics start/stop notices, transformers' per-file
-    bars (the run has its own display)."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, _DropNoise) for f in handler.filters):
-                handler.addFilter(_DropNoise())
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    hf_logging.disable_progress_bar()
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
@@ -192,11 +171,11 @@ def run_experiment(
     inputs = prepare(cfg, resuming=state is not None)
     run = build(cfg, inputs, overrides, state, sweep)
     run.set_status("RUNNING")
-    if run.is_zero:
+    if run.is_zero:  # a sweep prints how to open its runs once, at its start
+        hint = "" if sweep else f"\n{ui_hint(cfg.logger.tracking_uri, run.logger)}"
         console.print(
             f"run [bold]{run.logger._run_name}[/bold] ({'resumed, ' if run.resuming else ''}"
-            f"MLflow run {run.logger.run_id}) in {run.dir}\n"
-            f"{ui_hint(cfg.logger.tracking_uri, run.logger)}",
+            f"MLflow run {run.logger.run_id}) in {run.dir}{hint}",
             soft_wrap=True,
             highlight=False,
         )
@@ -427,6 +406,9 @@ def finish(
         "ranks": trainer.world_size,
         "params_per_rank": module.local_params,  # strategy=fsdp: what each rank stores
     }
+    verdict = outcome(before, after)
+    if verdict is not None:
+        summary["outcome"] = dataclasses.asdict(verdict)
     full_student = full_state_dict(module.student)  # FSDP: consolidated on rank 0 (collective)
     if not trainer.is_global_zero:
         return None
@@ -444,7 +426,9 @@ def finish(
     _log_plots(logger, run.dir)
     if cfg.logger.log_student:
         log_student_model(logger, student_dir)
-    report(summary)
+    if verdict is not None:
+        logger.experiment.set_tag(logger.run_id, "pad.outcome", verdict.verdict)
+    report(summary, title=f"{cfg.loss.name}: held-out test metrics")
     return summary_file
 
 
@@ -557,9 +541,9 @@ def _log_plots(logger: RunLogger, run_dir: Path) -> None:
         client.log_artifacts(logger.run_id, str(run_dir / "plots"), "plots")
 
 
-def report(summary: dict) -> None:
-    """The before / after table and the time breakdown, in the terminal."""
-    table = Table(title="PAD: held-out test metrics")
+def report(summary: dict, title: str = "held-out test metrics") -> None:
+    """The before / after table, the time breakdown and the outcome, in the terminal."""
+    table = Table(title=title)
     for col in ("metric", "before", "after", "delta"):
         table.add_column(col, justify="right" if col != "metric" else "left")
     from pad_lightning.reporting.figures import REPORTED_METRICS
@@ -578,3 +562,7 @@ def report(summary: dict) -> None:
         soft_wrap=True,
         highlight=False,
     )
+    if "outcome" in summary:
+        verdict = Outcome(**summary["outcome"])
+        style = {"worse": "bold red", "improved": "green"}.get(verdict.verdict, "yellow")
+        console.print(verdict.line(), style=style, soft_wrap=True, highlight=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 PARENT_FILE = "mlflow_parent.json"
 _failures: list[str] = []  # jobs of this process's sweep that failed (one line each)
+_clock: dict = {}  # this process's sweep: its start time and number of jobs (for the ETA)
 
 
 def parent_info(sweep_dir: str | Path) -> dict | None:
@@ -49,6 +51,38 @@ def swept_keys(overrides: list[str]) -> list[str]:
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
+def planned_jobs(config: DictConfig, overrides: list[str]) -> int | None:
+    """How many jobs a sweep will run: the product of the swept overrides' value counts (the
+    basic sweeper), or the sweeper's `n_trials` (Optuna); None when it cannot be told."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
+    if trials:
+        return int(trials)
+    total = 1
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            if not (override.is_discrete_sweep() or override.is_range_sweep()):
+                return None
+            total *= len(list(override.sweep_string_iterator()))
+    return total
+
+
+def job_lines(num: int, overrides: list[str], elapsed: float, total: int | None) -> str:
+    """`#1 : loss=vpd n=2` and, when the sweep's size is known, `  job 2/4, sweep ETA 1m20s`: the
+    job, its place in the sweep and the time left at the mean pace of the jobs so far (no ETA
+    before the first job ends)."""
+    from pad_lightning.training.progress import eta_text
+
+    line = f"#{num} : {' '.join(overrides)}"
+    if total is None:
+        return line
+    place = f"  job {num + 1}/{total}"
+    if num > 0:
+        place += f", sweep ETA {eta_text(elapsed / num * (total - num))}"
+    return f"{line}\n{place}"
 
 
 def _client(uri: str):
@@ -77,6 +111,7 @@ class MlflowSweep(Callback):
         )
 
         _failures.clear()
+        _clock.update(started=time.monotonic(), total=None)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = absolute_tracking_uri(str(config.logger.tracking_uri))
@@ -94,6 +129,7 @@ class MlflowSweep(Callback):
             }
         )
         swept = swept_keys(overrides)
+        _clock["total"] = planned_jobs(config, overrides)
         named = naming_overrides(overrides)
         varying = [o for o in named if override_key(o) in swept]
         shared = [o for o in named if override_key(o) not in swept]
@@ -112,8 +148,11 @@ class MlflowSweep(Callback):
             "swept": swept,
         }
         (sweep_dir / PARENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        store = f"--backend-store-uri {uri} " if uri.startswith(("sqlite:///", "file:")) else ""
         print(
-            f"sweep {sweep_dir}: MLflow parent run {run.info.run_id} ({name})",
+            f"sweep {sweep_dir}: MLflow parent run {run.info.run_id} ({name})\n"
+            f"open it: mlflow ui {store}-> http://127.0.0.1:5000/#/experiments/{exp_id}/runs"
+            "?workflowType=machine_learning",
             flush=True,
         )
 
@@ -122,7 +161,9 @@ class MlflowSweep(Callback):
 
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
-            print(f"#{hydra_cfg.job.num} : {' '.join(hydra_cfg.overrides.task)}", flush=True)
+            elapsed = time.monotonic() - _clock.get("started", time.monotonic())
+            num, overrides = hydra_cfg.job.num, list(hydra_cfg.overrides.task)
+            print(job_lines(num, overrides, elapsed, _clock.get("total")), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()

@@ -9,6 +9,7 @@ Code that does long work marks it with `phase("...")`; that is a no-op without a
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 
@@ -23,6 +24,38 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from transformers.utils import logging as hf_logging
+
+
+class _DropNoise(logging.Filter):
+    """Lightning's advertising tip, its device lines (`GPU available: False` ...), its
+    "`Trainer.fit` stopped" notice and its per-rank SIGTERM notice: the run prints its own."""
+
+    NOISE = (
+        "litlogger",
+        "Received SIGTERM",
+        "Bypassing SIGTERM",
+        "GPU available:",
+        "TPU available:",
+        "HPU available:",
+        "`Trainer.fit` stopped",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+def quiet_libraries() -> None:
+    """Library chatter a run does not show: Lightning's tip and per-rank SIGTERM notice (the run
+    prints its own lines), MLflow's system-metrics start/stop notices, transformers' per-file
+    bars (the run has its own display)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropNoise) for f in handler.filters):
+                handler.addFilter(_DropNoise())
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    hf_logging.disable_progress_bar()
+
 
 _active: RunProgress | None = None
 
@@ -171,3 +204,52 @@ class RunProgress(ProgressBar):
     def on_test_end(self, trainer, pl_module) -> None:
         self._stage = ""
         self.set_phase("")
+
+
+class StepsProgress(ProgressBar):
+    """A bar over the optimizer steps of a step-limited fit (the zoo's SFT): `step k/N`, elapsed,
+    ETA and the last loss. Drawn on a terminal only (a piped run prints its own step lines)."""
+
+    def __init__(self, label: str, console: Console | None = None, live: bool | None = None):
+        super().__init__()
+        self.label = label
+        self.console = console or Console()
+        self.live = self.console.is_terminal if live is None else live
+        self._progress: Progress | None = None
+        self._task = None
+
+    def disable(self) -> None:
+        self.live = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not self.live:
+            return
+        self._progress = Progress(
+            TextColumn(f"[bold]{self.label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(self.label, total=trainer.max_steps, info="")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._progress is None:
+            return
+        loss = trainer.callback_metrics.get("sft/loss")
+        info = f"loss {float(loss):.4f}" if loss is not None else ""
+        self._progress.update(self._task, completed=trainer.global_step, info=info)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.on_fit_end(trainer, pl_module)

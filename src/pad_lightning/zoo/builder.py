@@ -31,7 +31,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback
 from rich.console import Console
 from rich.table import Table
 from safetensors import safe_open
@@ -43,6 +43,7 @@ from pad_lightning.lm.chat import encode_pairs
 from pad_lightning.lm.generation import SamplingConfig, generate
 from pad_lightning.lm.judge import DEFAULT_OPTION_TEMPLATE, DEFAULT_TEMPLATE, LETTERS, mcq_prompt
 from pad_lightning.runtime.errors import ConfigError, described
+from pad_lightning.training.progress import StepsProgress, quiet_libraries
 from pad_lightning.training.sft import BatchStream, SFTModule, sft_batch
 from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
@@ -310,7 +311,7 @@ def _fit(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        callbacks=[stopper, RichProgressBar(leave=True)],
+        callbacks=[stopper, StepsProgress(f"zoo: {role}", console)],
         num_sanity_val_steps=0,
     )
     maker = _BatchMaker(cfg, spec, tokenizer, role, mcq_fraction, pool, samples)
@@ -620,6 +621,7 @@ def ensure_zoo(cfg: ZooConfig) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
     except OSError as err:
         raise _unwritable(cfg, f"cannot build the zoo entry {root}", err) from None
+    quiet_libraries()
     tokenizer = build_char_tokenizer()
     card = {"key": cfg.key(), "config": dataclasses.asdict(cfg), "models": {}}
     test = sample_problems(cfg.tasks, "test", cfg.eval_size, seed=cfg.seed)
@@ -685,4 +687,4 @@ def show_card(card: dict) -> None:
                 for k in ("pairwise", "flaw_pairwise", "listwise_top1")
             ),
         )
-    console.print(table)
+    console.print(table, width=max(console.width, 160))  # piped: no cut at 80 columns
