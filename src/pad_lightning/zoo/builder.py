@@ -683,8 +683,13 @@ def show_card(card: dict) -> None:
             f"{info['test']['quality']:.3f}",
             f"{info['judge_accuracy']:.1%}" if "judge_accuracy" in info else "-",
             *(
-                f"{info['judge'][k]:.1%}" if k in info.get("judge", {}) else "-"
+                f"{info['judge'][k]:.1%}"
+                if math.isfinite(info.get("judge", {}).get(k, math.nan))
+                else "-"
                 for k in ("pairwise", "flaw_pairwise", "listwise_top1")
             ),
         )
-    console.print(table, width=max(console.width, 160))  # piped: no cut at 80 columns
+    out = console
+    if not console.is_terminal:  # piped or logged: the whole table, not cut at 80 columns
+        out = Console(width=1000, file=console.file)  # a table takes its natural width
+    out.print(table)
