@@ -99,6 +99,15 @@ def test_run_says_whether_the_student_improved(smoke_run):
     assert "GPU available" not in proc.stdout + proc.stderr
 
 
+def test_zoo_build_output_is_whole_when_piped(smoke_run):
+    """The zoo built by the smoke run (a fresh cache): no raw Lightning bar, the card's table
+    with every column header whole although the output is a pipe (80 columns by default)."""
+    _, proc = smoke_run
+    assert "zoo: training teacher" in proc.stdout
+    assert "Epoch 0/" not in proc.stdout
+    assert "judge pairs (dq>=0.2)" in proc.stdout and "judge top-1 of 4" in proc.stdout
+
+
 def _steps(client, run_id: str, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, key)]
 
