@@ -167,6 +167,11 @@ def run_job(job: Job, args, parent_id: str, epochs: int, threads: int) -> Job:
         *args.extra,
     ]
     started = time.perf_counter()
+    if (job.run_dir / "run_state.json").is_file():  # an earlier attempt that did not finish:
+        # kept aside (a new run is refused a folder that holds a run)
+        job.run_dir.rename(
+            job.run_dir.with_name(f"{job.run_dir.name}.unfinished-{int(time.time())}")
+        )
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     log = job.run_dir.parent / f"{job.run_dir.name}.log"
     with open(log, "w") as out:

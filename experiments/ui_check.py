@@ -13,7 +13,7 @@ system browser) and checks, from the rendered DOM, what a person would see:
   sweep charts  the run list's chart mode: the train/loss chart has a line per child run
   artifact  its Artifacts tab with plots/learning_curves.png selected and decoded by the browser
   rollouts  rollouts.json rendered as a table (Artifacts tab), and the experiment's evaluation
-            (artifact compare) view of it
+            (artifact compare) view opening on test_answers.json, the trained students' answers
 and saves a 1400x900 PNG of each to --out.
 
     pip install -e '.[ui]'   # playwright; it drives /usr/bin/chromium, no browser download
@@ -61,6 +61,7 @@ REQUIRED_CHARTS = ("train/loss", "test/exact_match")
 CHART_FILTER = "^(train/(loss|lr)|val/(loss|exact_match)|test/(loss|exact_match))$"
 PLOT = "plots/learning_curves.png"
 TABLE = "rollouts.json"
+ANSWERS = "test_answers.json"  # the table the evaluation view opens on (listed first)
 TABLE_COLUMNS = ("epoch", "prompt", "response")
 
 # The name a run-name cell shows: its text cut where the cell clips it (CSS ellipsis), + "...".
@@ -623,7 +624,7 @@ def check_artifacts(ui: UI, sweep: Sweep, run_id: str) -> None:
 
 def check_evaluation_view(ui: UI, sweep: Sweep) -> None:
     """The experiment's third run-list mode ("evaluation"/artifact view): logged tables compared."""
-    print(f"rollouts: the experiment's evaluation (artifact compare) view of {TABLE}", flush=True)
+    print(f"rollouts: the experiment's evaluation (artifact compare) view of {ANSWERS}", flush=True)
     r, page = ui.report, ui.page
     ui.goto(f"/experiments/{sweep.exp_id}/runs?{ML}")
     page.wait_for_selector('input[name="runs-view-mode"]', state="attached")
@@ -642,20 +643,20 @@ def check_evaluation_view(ui: UI, sweep: Sweep) -> None:
     )
     page.wait_for_timeout(1500)  # the table's cells
     state = page.evaluate(js_state)
-    if state["table"] != TABLE:
+    if state["table"] != ANSWERS:
         r.fail(
             "rollouts",
-            f"the evaluation view does not show {TABLE} (its table selector: {state['table']!r})",
+            f"the evaluation view does not open on {ANSWERS} (its table selector: {state['table']!r})",
         )
     else:
         r.ok(
             "rollouts",
-            f"evaluation view shows {TABLE}: group by {state['group']!r}, compare {state['compare']!r}",
+            f"evaluation view shows {ANSWERS}: group by {state['group']!r}, compare {state['compare']!r}",
         )
         if state["group"] == "epoch":
             r.warn(
                 "rollouts",
-                f"the evaluation view groups {TABLE} by its first column, 'epoch': one row per "
+                f"the evaluation view groups {ANSWERS} by its first column, 'epoch': one row per "
                 f"epoch showing only the first {state['compare']!r} of it (MLflow groups by the first "
                 "column and compares the column named 'output', else the first other one)",
             )

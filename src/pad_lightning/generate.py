@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--limit", type=_positive("int"), help="answer only the first k questions")
     p.add_argument("--chat-template", type=Path, help="Jinja chat template file to use instead")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run custom model code shipped with the model folder (only for sources you trust)",
+    )
     return p
 
 
@@ -162,7 +167,9 @@ def export(args: argparse.Namespace) -> str:
             else args.model
         )
         model_id = model_id or default_model_id(path, args.run)
-        model, tokenizer = load_student(path, args.dtype, device, args.chat_template)
+        model, tokenizer = load_student(
+            path, args.dtype, device, args.chat_template, args.trust_remote_code
+        )
     greedy = args.temperature == 0
     sampling = SamplingConfig(
         temperature=args.temperature or 1.0,

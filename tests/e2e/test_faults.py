@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -69,6 +70,18 @@ def client(world: Path) -> mlflow.MlflowClient:
 
 def run_id_of(run_dir: Path) -> str:
     return json.loads((run_dir / "run_state.json").read_text())["mlflow_run_id"]
+
+
+def logged_twice(world: Path, run_id: str) -> dict[str, list[int]]:
+    """Every (metric, step) of which MLflow holds more than one value: a run logs each once,
+    also across stops and resumes (an uninterrupted smoke run has none)."""
+    tracking = client(world)
+    twice = {}
+    for key in tracking.get_run(run_id).data.metrics:
+        counts = Counter(m.step for m in tracking.get_metric_history(run_id, key))
+        if steps := sorted(step for step, n in counts.items() if n > 1):
+            twice[key] = steps
+    return twice
 
 
 def fingerprint(world: Path, run_dir: Path) -> dict:
@@ -181,6 +194,10 @@ CONFIG_CASES = [
     ("logger.print_time_every=-1", "logger.print_time_every"),
     ("trainer.optim.weight_decay=-0.1", "trainer.optim.weight_decay"),
     ("calibration.debias=maybe", "calibration.debias"),
+    ("+trainer.optim.lrr=1", "trainer.optim.lrr: unknown key; valid: lr, "),
+    ("+foo=1", "foo: unknown key; valid: n, seed, "),
+    ("resume=", "resume='': empty"),
+    ("objective=val/loss", "objective: moved; use optimized_metric="),
 ]
 
 
@@ -205,6 +222,13 @@ def test_one_line_on_real_stderr(world, baseline):
 
 def test_resume_missing_directory(main_in_process, world):
     assert_refused(main_in_process(f"resume={world}/nope"), "config error: ", "no such directory")
+
+
+def test_resume_of_a_file(main_in_process, baseline):
+    summary = baseline[0] / "summary.json"
+    assert_refused(
+        main_in_process(f"resume={summary}"), "config error: ", "a file, not a directory"
+    )
 
 
 def test_resume_directory_without_run_state(main_in_process, world, baseline):
@@ -271,6 +295,29 @@ def test_data_file(main_in_process, world, tmp_path, name, text, message):
     assert not any(cache.rglob("*.safetensors"))  # no model was built or loaded
 
 
+def test_data_path_that_is_a_folder(main_in_process, world):
+    folder = world / "data-folder"
+    folder.mkdir(exist_ok=True)
+    result = main_in_process(
+        "data=jsonl", f"data.path={folder}", "data.val_size=1", "data.test_size=1"
+    )
+    assert_refused(result, "", f"data.path={str(folder)!r}: is a folder; data=jsonl reads one")
+
+
+def test_prompt_longer_than_the_model_positions_is_refused_by_line(main_in_process, world):
+    """One prompt of 3000 characters (tokens, for the toy zoo's character tokenizer) in a file
+    of short ones; the smoke models have 512 positions (max_position_embeddings)."""
+    short = "".join(json.dumps({"prompt": f"what is {i} + {i}?"}) + "\n" for i in range(12))
+    path = _data(world, "huge.jsonl", short + json.dumps({"prompt": "x" * 3000}) + "\n")
+    result = main_in_process(
+        "data=jsonl", f"data.path={path}", "data.val_size=2", "data.test_size=2"
+    )
+    line = assert_refused(
+        result, "data error: ", f"{path} line 13: ", "512 positions", "max_position_embeddings"
+    )
+    assert "rollout.max_new_tokens=8" in line and "data.max_prompt_tokens=504" in line
+
+
 # -- model folders --------------------------------------------------------------------------------
 
 
@@ -302,6 +349,75 @@ def test_damaged_model_folder(main_in_process, world, damage):
     )
     name = "config.json" if damage == "config" else "model.safetensors"
     assert_refused(result, "config error: ", "model.student.path", str(student / name))
+
+
+def test_model_folder_without_tokenizer_files(main_in_process, world):
+    root = world / "models" / "no-tokenizer"
+    if not root.exists():
+        for role in ("student", "teacher"):
+            make_tiny_lm(root / role, "bytelevel", seed=0)
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+            (root / "student" / name).unlink(missing_ok=True)
+    result = main_in_process(
+        "model=hf",
+        f"model.student.path={root / 'student'}",
+        f"model.teacher.path={root / 'teacher'}",
+        f"logger.tracking_uri=sqlite:///{world}/mlflow.db",
+        smoke=False,
+    )
+    line = assert_refused(result, "config error: ", "model.student.path", "no tokenizer files")
+    assert line.endswith("or save the tokenizer with the model"), line  # not cut mid-sentence
+
+
+def _generate(*args: str) -> str:
+    """`python -m pad_lightning.generate <args>` in this process: its one-line exit message."""
+    from pad_lightning import generate
+
+    with pytest.raises(SystemExit) as stop:
+        generate.main(list(args))
+    return str(stop.value.code)
+
+
+def test_generate_questions_that_is_a_folder(world, tmp_path):
+    folder = tmp_path / "questions"
+    folder.mkdir()
+    line = one_line(
+        _generate(
+            "--model", str(world / "baseline" / "student"), "--format", "alpaca_eval",
+            "--questions", str(folder), "--out", str(tmp_path / "answers.json"),
+        )
+    )  # fmt: skip
+    assert line == f"generate error: --questions {folder}: is a folder; give a JSON or JSONL file"
+
+
+def test_generate_refusal_of_remote_code_names_its_own_flag(world, tmp_path):
+    model = make_tiny_lm(tmp_path / "custom", "bytelevel", seed=0)
+    config = json.loads((model / "config.json").read_text())
+    config["model_type"] = "tinycustom"
+    config["auto_map"] = {
+        "AutoConfig": "configuration_tiny.TinyConfig",
+        "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM",
+    }
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "configuration_tiny.py").write_text(
+        "from transformers import Qwen2Config\n\n\nclass TinyConfig(Qwen2Config):\n"
+        "    model_type = 'tinycustom'\n"
+    )
+    (model / "modeling_tiny.py").write_text(
+        "from transformers import Qwen2ForCausalLM\n\nfrom .configuration_tiny import TinyConfig"
+        "\n\n\nclass TinyForCausalLM(Qwen2ForCausalLM):\n    config_class = TinyConfig\n"
+    )
+    questions = tmp_path / "questions.json"
+    questions.write_text(json.dumps([{"instruction": "Say hi."}]))
+    line = one_line(
+        _generate(
+            "--model", str(model), "--format", "alpaca_eval", "--questions", str(questions),
+            "--out", str(tmp_path / "answers.json"),
+        )
+    )  # fmt: skip
+    assert line.startswith(f"generate error: --model {model}: ships custom model code"), line
+    assert "--trust-remote-code" in line and "model.student" not in line
+    assert not (tmp_path / "answers.json").exists()
 
 
 # -- disk and permissions -------------------------------------------------------------------------
@@ -347,6 +463,60 @@ def test_read_only_output_directory(main_in_process, world):
 def test_read_only_zoo_cache(main_in_process, world):
     result = main_in_process("model.zoo.cache_dir=/proc/forbidden")
     assert_refused(result, "config error: ", "model.zoo.cache_dir")
+
+
+@pytest.mark.parametrize("kind", ["text", "folder"])
+def test_tracking_store_that_is_not_a_database(main_in_process, world, kind):
+    store = world / f"store-{kind}.db"
+    if kind == "text":
+        store.write_text("notes, not a database\n")
+    else:
+        store.mkdir(exist_ok=True)
+    line = assert_refused(
+        main_in_process(f"logger.tracking_uri=sqlite:///{store}"),
+        "config error: ",
+        "logger.tracking_uri",
+        str(store),
+    )
+    assert ("is not an SQLite database" if kind == "text" else "is a folder") in line
+    if kind == "text":
+        assert store.read_text() == "notes, not a database\n"  # left as it was
+
+
+def test_tracking_store_on_a_full_disk(main_in_process, world):
+    disk = world / "full-disk"
+    disk.mkdir(exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={disk}/filler", "bs=64k"], capture_output=True)
+        result = main_in_process(f"logger.tracking_uri=sqlite:///{disk}/mlflow.db")
+        assert_refused(result, "config error: ", "logger.tracking_uri", f"{disk} is full")
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True)  # even if busy
+
+
+def test_resume_after_a_full_disk_logs_every_value_once(world):
+    """The report cannot be written (its file is on a full disk: /dev/full) after the final
+    test values were logged: one line naming the file, FAILED; resumed once space is free, the
+    run logs those values (and every other) once."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    run_dir = world / "disk-full-run"
+    run_dir.mkdir()
+    (run_dir / "summary.json.partial").symlink_to("/dev/full")
+    proc = launch(world, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert last_line(proc.stderr) == f"error: {run_dir / 'summary.json'}: No space left on device"
+    run_id = run_id_of(run_dir)
+    assert client(world).get_run(run_id).info.status == "FAILED"
+    (run_dir / "summary.json.partial").unlink()  # space freed
+    resumed = launch(world, f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert client(world).get_run(run_id).info.status == "FINISHED"
+    assert logged_twice(world, run_id) == {}
+    assert _all_values(world, run_id, "test/exact_match") == [0, 6]  # before and after, once
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -411,6 +581,11 @@ def test_random_bytes_newest_checkpoint_falls_back_to_the_previous(world, stoppe
     assert "resuming from epoch0001.ckpt" in proc.stdout
     assert client(world).get_run(run_id_of(run_dir)).info.status == "FINISHED"
     assert not (elsewhere / "mlflow.db").exists()
+    # epoch 2 was committed by the killed process and is trained again from epoch0001: every
+    # value is in MLflow once (counted per metric and step, not distinct steps)
+    run_id = run_id_of(run_dir)
+    assert sorted(_all_values(world, run_id, "train/loss")) == list(range(6 * 2))
+    assert logged_twice(world, run_id) == {}
 
 
 # -- signals ------------------------------------------------------------------------------------
@@ -460,7 +635,124 @@ def test_stopped_by_signal_is_killed_exits_nonzero_and_resumes_every_step_once(w
     assert len(_all_values(world, run_id, "rollout/response_length")) == 7
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_zoo_build_caches_nothing_and_says_so(world, tmp_path, sig, code):
+    """Ctrl-C or SIGTERM while the toy zoo is being built (a fresh cache): one line, 128 + the
+    signal, and no half-built entry or staging folder left in the cache."""
+    zoo = tmp_path / "cache" / "zoo"
+    proc = subprocess.Popen(
+        cmd(world, f"hydra.run.dir={tmp_path / 'run'}"),
+        cwd=world,
+        env=dict(subprocess_env(world), PAD_LIGHTNING_CACHE=str(tmp_path / "cache")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.time() + 300
+        while not list(zoo.glob(".building-*")) and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.05)
+        time.sleep(0.5)  # training the first zoo model
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, err[-2000:]
+    assert last_line(err).startswith(f"stopped by {sig.name} before the first checkpoint"), err
+    assert "Detected KeyboardInterrupt" not in err
+    assert list(zoo.iterdir()) == []  # no entry, no staging folder
+
+
 # -- concurrent runs --------------------------------------------------------------------------------
+
+
+def test_new_run_is_refused_a_folder_that_holds_a_run(main_in_process, baseline):
+    """`hydra.run.dir` of a finished run: refused, and nothing in it changes (Hydra's own record
+    in .hydra/ included; the autouse check compares every file)."""
+    line = assert_refused(
+        main_in_process(f"hydra.run.dir={baseline[0]}"),
+        "config error: ",
+        f"hydra.run.dir={str(baseline[0])!r}",
+        "already holds a run",
+        f"resume={baseline[0]}",
+    )
+    assert "run_state.json" in line
+
+
+def _refused_while_running(world: Path, *overrides: str) -> str:
+    proc = subprocess.run(
+        cmd(world, *overrides),
+        cwd=world,
+        env=subprocess_env(world),
+        capture_output=True,
+        text=True,
+        timeout=180,  # refused at start-up (a run that is not refused would take far longer)
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    return one_line(proc.stderr)
+
+
+def test_one_process_per_run_folder(world):
+    """While a run works, a resume of it and a new run given its folder are refused with one line
+    naming its process; after it stops, two resumes started together: one trains, the other
+    is refused naming the first, and every value is logged once."""
+    run_dir = world / "owned"
+    live = subprocess.Popen(
+        cmd(world, f"hydra.run.dir={run_dir}", "trainer.max_epochs=200"),
+        cwd=world,
+        env=subprocess_env(world),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+            assert live.poll() is None
+            time.sleep(0.2)
+        line = _refused_while_running(world, f"resume={run_dir}")
+        assert line.startswith(f"config error: resume={str(run_dir)!r}: the run is in use by "), (
+            line
+        )
+        assert f"process {live.pid} " in line
+        line = _refused_while_running(world, f"hydra.run.dir={run_dir}")
+        assert line.startswith(f"config error: hydra.run.dir={str(run_dir)!r}: "), line
+        assert f"in use by process {live.pid} " in line
+        assert live.poll() is None  # neither disturbed it
+        os.killpg(live.pid, signal.SIGTERM)
+        live.wait(timeout=120)
+    finally:
+        if live.poll() is None:
+            os.killpg(live.pid, signal.SIGKILL)
+            live.wait()
+    assert live.returncode == 143
+    done = int((run_dir / "checkpoints" / "last.ckpt").resolve().stem[len("epoch") :]) + 1
+    resumes = [
+        subprocess.Popen(
+            cmd(world, f"resume={run_dir}", f"trainer.max_epochs={done + 1}"),
+            cwd=world,
+            env=subprocess_env(world),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in resumes]
+    codes = [p.returncode for p in resumes]
+    assert sorted(codes) == [0, 1], [err[-2000:] for _, err in outs]
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    line = one_line(outs[loser][1])
+    assert f"the run is in use by process {resumes[winner].pid} " in line, line
+    run_id = run_id_of(run_dir)
+    assert client(world).get_run(run_id).info.status == "FINISHED"
+    assert sorted(_all_values(world, run_id, "train/loss")) == list(range((done + 1) * 2))
+    assert logged_twice(world, run_id) == {}
 
 
 def test_two_runs_started_in_the_same_second_get_their_own_directories(world):

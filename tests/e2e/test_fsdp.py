@@ -135,7 +135,7 @@ def test_each_rank_stores_half_of_the_student_and_memory_is_logged(ppd):
     )  # replicated
     for r in (0, 1):
         assert run.data.metrics[f"system/memory/peak_rss_mb/rank{r}"] > 100
-    assert run.data.metrics["system/time/fit_s"] > 0
+    assert run.data.metrics["system/run/fit_s"] > 0
     assert run.info.status == "FINISHED"
 
 
@@ -240,5 +240,5 @@ def test_the_issue_multirun_line(root):
     }
     assert combos == {(s, b) for s in ("ddp", "fsdp") for b in ("True", "False")}
     for r in children:
-        assert r.data.metrics["system/time/fit_s"] > 0
+        assert r.data.metrics["system/run/fit_s"] > 0
         assert all(r.data.metrics[f"system/memory/peak_rss_mb/rank{k}"] > 100 for k in (0, 1))

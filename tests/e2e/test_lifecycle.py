@@ -15,9 +15,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pad_lightning.app.checks import number
 from pad_lightning.app.main import hydra_message, unique_dir
-from pad_lightning.app.resume import RunFinished, resumed_config
+from pad_lightning.app.resume import RunFinished, claim_run_folder, resumed_config
+from pad_lightning.app.schema.values import number
 from pad_lightning.runtime.errors import CheckpointError, ConfigError
 from pad_lightning.tracking.mlflow_run import RunLogger, absolute_tracking_uri, tracking_problem
 from pad_lightning.training.checkpoints import pick_resume_checkpoint
@@ -48,6 +48,106 @@ def test_tracking_problem_names_the_file(tmp_path):
     assert tracking_problem(f"sqlite:///{tmp_path}/mlflow.db") is None
     assert "does not exist" in tracking_problem(f"sqlite:///{tmp_path}/no/mlflow.db")
     assert tracking_problem("http://host:5000") is None
+    (tmp_path / "notes.txt").write_text("not a database")
+    assert "is not an SQLite database" in tracking_problem(f"sqlite:///{tmp_path}/notes.txt")
+    assert "is a folder" in tracking_problem(f"sqlite:///{tmp_path}")
+
+
+def test_store_errors_become_one_line():
+    from mlflow.exceptions import MlflowException
+
+    from pad_lightning.tracking.mlflow_run import store_error
+
+    full = MlflowException(
+        "(raised as a result of Query-invoked autoflush)\n(sqlite3.OperationalError) database "
+        "or disk is full\n[SQL: INSERT INTO runs (run_uuid) VALUES (?)]"
+    )
+    assert store_error(full) == "database or disk is full"
+    assert store_error(ValueError("not the store")) is None
+
+
+@pytest.mark.slow
+def test_first_runs_on_a_new_database_create_it_once(tmp_path):
+    """Processes that open one missing sqlite database at the same moment (a start barrier):
+    one creates it under `<db>.lock`, the others wait and open it; MLflow alone migrates it in
+    each of them and all but one crash (duplicate column), leaving it half-migrated."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    go = tmp_path / "go"
+    script = (
+        "import os, sys, time\n"
+        "import mlflow.store.tracking.sqlalchemy_store\n"
+        "from pad_lightning.tracking.mlflow_run import RunLogger\n"
+        "open(sys.argv[1] + str(os.getpid()), 'w').close()\n"
+        "while not os.path.exists(sys.argv[2]):\n"
+        "    time.sleep(0.001)\n"
+        "print(RunLogger(experiment_name='race', tracking_uri=sys.argv[3]).run_id)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "ready-"), str(go), uri],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        deadline = time.time() + 300
+        while len(list(tmp_path.glob("ready-*"))) < 3 and time.time() < deadline:
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.05)
+        go.touch()
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _ in outs)
+
+
+def test_run_folder_is_owned_by_one_live_process(tmp_path):
+    """The lock on a run folder is held by one process; a SIGKILLed holder leaves it free."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pad_lightning.runtime.locks import try_lock\n"
+            "lock = try_lock(sys.argv[1])\n"
+            "lock.record_owner()\n"
+            "print('held', flush=True)\n"
+            "time.sleep(120)\n",
+            str(run_dir / "run.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError) as err:
+            claim_run_folder(run_dir, resuming=True)
+        assert str(err.value).startswith(
+            f"resume={str(run_dir)!r}: the run is in use by process {holder.pid} "
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = claim_run_folder(run_dir, resuming=True)  # released by the kernel with the process
+    assert (run_dir / "run.lock").read_text().strip() == str(os.getpid())
+    lock.release()
+    # a new run is refused a folder that holds a run, without a lock file being added to it
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a run .summary.json.; continue it with"):
+        claim_run_folder(finished, resuming=False)
+    assert sorted(os.listdir(finished)) == ["summary.json"]
 
 
 def test_run_logger_holds_metrics_until_commit_and_sets_status(tmp_path):

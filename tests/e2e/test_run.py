@@ -188,6 +188,57 @@ def test_rollout_table_grows_with_an_epoch_column(smoke_run):
     ).all()
 
 
+def test_epoch_time_plot_has_one_bar_per_epoch(smoke_run):
+    """plots/epoch_time.png as drawn from the run's metrics: 3 bars for 3 epochs, each as tall
+    as its epoch's parts; the run's fit and total seconds are logged apart (system/run/)."""
+    from pad_lightning.reporting.figures import epoch_time, history_from_mlflow
+
+    tmp, _ = smoke_run
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    client = _client(tmp)
+    history = history_from_mlflow(client, summary["mlflow_run_id"])
+    (ax,) = epoch_time(history).axes
+    bars: dict[int, float] = {}
+    for patch in ax.patches:
+        x = round(patch.get_x() + patch.get_width() / 2)
+        bars[x] = bars.get(x, 0.0) + patch.get_height()
+    per_epoch: dict[int, float] = {}  # every system/time/ metric, summed per step
+    for key, points in history.items():
+        for step, value in points if key.startswith("system/time/") else ():
+            per_epoch[step] = per_epoch.get(step, 0.0) + value
+    assert summary["timings"]["epochs"] == len(bars) == len(per_epoch) == 3
+    assert [bars[x] for x in (0, 1, 2)] == pytest.approx([per_epoch[s] for s in sorted(per_epoch)])
+    assert ax.get_title().startswith("Time per epoch by phase (3 epochs, ")
+    metrics = client.get_run(summary["mlflow_run_id"]).data.metrics
+    assert metrics["system/run/fit_s"] == pytest.approx(summary["timings"]["fit_s"])
+    assert metrics["system/run/total_s"] == pytest.approx(summary["timings"]["total_s"])
+
+
+def test_first_metric_is_test_exact_match_and_answers_table_opens_first(smoke_run):
+    from pad_lightning.data.answers import ANSWER_COLUMNS
+    from pad_lightning.reporting.figures import rollouts_from_mlflow
+
+    tmp, _ = smoke_run
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    client = _client(tmp)
+    run_id = summary["mlflow_run_id"]
+    run_ = client.get_run(run_id)
+    # MLflow's compare view colours parallel coordinates by the first metric a run logged
+    assert next(iter(run_.data.metrics)) == "test/exact_match"
+    test_at = min(m.timestamp for m in client.get_metric_history(run_id, "test/exact_match"))
+    cpu = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+    assert cpu and min(m.timestamp for m in cpu) >= test_at
+    # the evaluation view opens on the first table: the trained student's test answers
+    tables = json.loads(run_.data.tags["mlflow.loggedArtifacts"])
+    assert [t["path"] for t in tables] == ["test_answers.json", "rollouts.json"]
+    rows = rollouts_from_mlflow(client, run_id, "test_answers.json")
+    assert len(rows) == 16 and tuple(rows[0]) == ANSWER_COLUMNS  # data.test_size of smoke
+    assert len({r["prompt"] for r in rows}) == 16 and all(r["reference"] for r in rows)
+    for metric in ("exact_match", "quality"):
+        mean = sum(r[metric] for r in rows) / len(rows)
+        assert mean == pytest.approx(summary["after"][metric], abs=1e-6), metric
+
+
 def test_student_is_an_mlflow_model_that_generates(smoke_run):
     from transformers import AutoTokenizer
 
@@ -258,12 +309,13 @@ def test_multirun_is_one_parent_run_with_named_tagged_children_and_a_table(tmp_p
     assert "4 jobs, 4 finished; swept: loss, n" in proc.stdout
     compare_out = proc.stdout[proc.stdout.index("4 jobs, 4 finished") :]
     table_rows = [line for line in compare_out.splitlines() if line.startswith("│ ")]
-    assert [row.split("│")[1:3] for row in table_rows] == [
+    assert sorted(row.split("│")[1:3] for row in table_rows) == [
         [" ppd  ", " 2 "],
         [" ppd  ", " 4 "],
         [" vpd  ", " 2 "],
         [" vpd  ", " 4 "],
     ]
+    assert "rows ranked by " in compare_out
     summaries = sorted(sweep.glob("*/summary.json"))
     assert len(summaries) == 4
     client = _client(tmp_path)
@@ -282,6 +334,20 @@ def test_multirun_is_one_parent_run_with_named_tagged_children_and_a_table(tmp_p
     assert {json.loads(s.read_text())["mlflow_run_id"] for s in summaries} == {
         c.info.run_id for c in children
     }
+    # who won: named on the parent (tag, params, metric) and in a line, then the link to the
+    # jobs best first; each job has its own colour in the UI
+    assert parent.data.tags["sweep.best_run_id"] in {c.info.run_id for c in children}
+    best = client.get_run(parent.data.tags["sweep.best_run_id"])
+    assert parent.data.params == {
+        "best.n": best.data.params["n"],
+        "best.loss": best.data.params["loss.name"],
+    }
+    assert "best/test/exact_match" in parent.data.metrics
+    best_line = next(x for x in proc.stdout.splitlines() if x.startswith("best: "))
+    assert f"run {best.info.run_name}" in best_line
+    link = proc.stdout.split("the sweep's runs, best ", 1)[1].splitlines()[0]
+    assert link.endswith(f"/runs?workflowType=machine_learning&viewStateShareKey={parent_id}")
+    assert len({c.data.tags["mlflow.runColor"] for c in children}) == 4
     # names say what each run is (not one RNG-drawn name for all): the swept overrides, which
     # fit in the run list's name column (the shared ones are in the sweep's name and the tags)
     assert sorted(c.info.run_name for c in children) == [

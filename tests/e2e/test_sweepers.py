@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import subprocess_env
 
-from pad_lightning.app.main import objective_value
+from pad_lightning.app.main import optimized_value
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +74,11 @@ def test_optuna_sweep_of_three_trials(tmp_path):
     }
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "optimization_results.yaml" in logged
+    # the parent names the best trial as Optuna does (its value, its parameters)
+    assert parent.data.metrics["best/val/exact_match"] == pytest.approx(results["best_value"])
+    for key, value in results["best_params"].items():
+        assert float(parent.data.params[f"best.{key}"]) == pytest.approx(float(value)), key
+    assert "the sweep's runs, best val/exact_match first: http" in proc.stdout
 
 
 def test_submitit_local_launcher(tmp_path):
@@ -88,18 +93,24 @@ def test_submitit_local_launcher(tmp_path):
     assert len(list(sweep.glob("*/summary.json"))) == 2
 
 
-def test_objective_value():
+def test_optimized_value():
     summary = {"val": {"exact_match": 0.25}, "after": {"quality": 0.5}, "delta": {}}
-    assert objective_value(summary, "val/exact_match") == 0.25
-    assert objective_value(summary, "after/quality") == 0.5
-    assert objective_value(summary, None) is None
-    assert objective_value(summary, "delta/quality") is None  # not measured: None, not 0
-    assert objective_value({"before": {}}, "val/exact_match") is None
+    assert optimized_value(summary, "val/exact_match") == 0.25
+    assert optimized_value(summary, "after/quality") == 0.5
+    assert optimized_value(summary, None) is None
+    assert optimized_value(summary, "delta/quality") is None  # not measured: None, not 0
+    assert optimized_value({"before": {}}, "val/exact_match") is None
 
 
-def test_bad_objective_is_one_config_line(tmp_path):
+def test_bad_optimized_metric_is_one_config_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pad_lightning.run", "experiment=smoke", "objective=test/em"],
+        [
+            sys.executable,
+            "-m",
+            "pad_lightning.run",
+            "experiment=smoke",
+            "optimized_metric=test/em",
+        ],
         cwd=tmp_path,
         env=subprocess_env(tmp_path),
         capture_output=True,
@@ -108,6 +119,6 @@ def test_bad_objective_is_one_config_line(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        "config error: objective='test/em': valid: null, val/<metric>, after/<metric> or "
+        "config error: optimized_metric='test/em': valid: null, val/<metric>, after/<metric> or "
         "delta/<metric> (e.g. val/exact_match)"
     )

@@ -10,6 +10,7 @@ Importing this module changes no logging: `quiet_libraries` does, when a run sta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,13 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from pad_lightning.app.checks import responses_per_round
 from pad_lightning.app.models import load_pair
 from pad_lightning.app.resume import check_epochs
+from pad_lightning.app.schema import RunConfig
+from pad_lightning.data.answers import ANSWER_COLUMNS
 from pad_lightning.data.problems import build_problems
+from pad_lightning.data.prompts import check_prompt_lengths
 from pad_lightning.lm.chat import prompt_text
 from pad_lightning.lm.generation import SamplingConfig
-from pad_lightning.lm.judge import DEFAULT_OPTION_TEMPLATE, mcq_prompt, option_token_ids
+from pad_lightning.lm.judge import mcq_prompt, option_token_ids
 from pad_lightning.lm.loading import save_student
 from pad_lightning.lm.sharding import full_state_dict
 from pad_lightning.reporting.outcome import Outcome, outcome
@@ -41,6 +44,7 @@ from pad_lightning.runtime.files import write_atomic
 from pad_lightning.tracking.mlflow_run import (
     RunLogger,
     log_datasets,
+    log_first_table,
     log_student_model,
     parameter_counts,
     run_name,
@@ -55,13 +59,15 @@ from pad_lightning.training.checkpoints import (
 )
 from pad_lightning.training.datamodule import RolloutConfig, RolloutDataModule
 from pad_lightning.training.evaluation import EvalConfig
-from pad_lightning.training.module import OptimConfig, PADModule, resolve_inference_dtype
-from pad_lightning.training.objectives import LOSS_KNOBS, LossConfig, objective
+from pad_lightning.training.module import PADModule, resolve_inference_dtype
+from pad_lightning.training.objectives import LossConfig, objective
 from pad_lightning.training.progress import RunProgress, quiet_libraries
 from pad_lightning.training.rollout import CalibrationConfig
 from pad_lightning.training.strategy import sharding_config, trainer_strategy
 
 console = Console()
+ANSWER_TABLE = "test_answers.json"  # the trained student's greedy test answers
+RUN_PREFIX = "system/run/"  # run-level totals, logged once; system/time/ is per epoch
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
@@ -77,47 +83,45 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
 
 
 def _configs(cfg: DictConfig) -> tuple:
-    roll = cfg.rollout
+    """The runtime configs of a checked run config, built by keyword from its schema."""
+    run = RunConfig.of(cfg)
+    roll, cal = run.rollout, run.calibration
     sampling = SamplingConfig(
-        roll.temperature,
-        roll.top_p,
-        roll.top_k,
-        roll.max_new_tokens,
-        roll.generation_batch_size,
-        roll.get("sampler", "inverse_cdf"),
+        temperature=roll.temperature,
+        top_p=roll.top_p,
+        top_k=roll.top_k,
+        max_new_tokens=roll.max_new_tokens,
+        batch_size=roll.generation_batch_size,
+        sampler=roll.sampler,
     )
-    cal = CalibrationConfig(
-        cfg.calibration.name,
-        cfg.calibration.alpha,
-        cfg.calibration.mode,
-        cfg.calibration.debias,
-        cfg.calibration.template,
-        cfg.calibration.get("option_template", DEFAULT_OPTION_TEMPLATE),
+    calibration = CalibrationConfig(
+        name=cal.name,
+        alpha=cal.alpha,
+        mode=cal.mode,
+        debias=cal.debias,
+        template=cal.template,
+        option_template=cal.option_template,
     )
-    dec = cfg.decomposition
-    group_size = dec.group_size if dec.name in ("split", "iterative") else None
     # iterative: n / k rounds per epoch of k fresh samples each; split: one rollout of n
-    per_round = responses_per_round(cfg)
+    per_round = run.responses_per_round()
     rollout = RolloutConfig(
-        per_round,
-        roll.prompts_per_epoch,
-        roll.batch_size,
-        roll.every_n_epochs,
-        roll.max_tokens,
-        roll.sample_log_prompts,
-        rounds=cfg.n // per_round,
+        n=per_round,
+        prompts_per_epoch=roll.prompts_per_epoch,
+        batch_size=roll.batch_size,
+        every_n_epochs=roll.every_n_epochs,
+        max_tokens=roll.max_tokens,
+        sample_log_prompts=roll.sample_log_prompts,
+        rounds=run.n // per_round,
     )
-    knobs = {k: cfg.loss[k] for k in LOSS_KNOBS if k in cfg.loss}
     loss = LossConfig(
-        cfg.loss.name,
-        cfg.loss.get("beta_student", 1.0),
-        cfg.loss.get("beta_teacher", 1.0),
-        group_size,
-        cfg.loss.get("divergence"),
-        **knobs,
+        name=run.loss.name,
+        beta_student=run.loss.beta_student,
+        beta_teacher=run.loss.beta_teacher,
+        group_size=run.decomposition.group(run.n),
+        divergence=run.loss.divergence,
+        **run.loss.knobs(),  # a knob the loss config leaves null keeps LossConfig's default
     )
-    optim = OptimConfig(**OmegaConf.to_container(cfg.trainer.optim))
-    return sampling, cal, rollout, loss, optim
+    return sampling, calibration, rollout, loss, run.trainer.optim
 
 
 @dataclass
@@ -155,6 +159,13 @@ class Run:
             write_atomic(self.dir / "run_state.json", json.dumps(self.state, indent=2))
         self.logger.set_status(status)
 
+    def set_ended(self, status: str) -> None:
+        """`set_status` for a run that is stopping on an error or a signal: if the status
+        cannot be written (the disk or the tracking store is full), the error that stopped
+        the run is the one reported, not this one."""
+        with contextlib.suppress(Exception):  # the run's own error is being raised
+            self.set_status(status)
+
 
 def run_experiment(
     cfg: DictConfig, overrides: list[str], state: dict | None = None, sweep: dict | None = None
@@ -179,7 +190,6 @@ def run_experiment(
             soft_wrap=True,
             highlight=False,
         )
-    run.logger.start_system_metrics(resume=run.resuming)
     try:
         with RunProgress(console) as progress:
             trainer = build_trainer(run, progress)
@@ -189,17 +199,17 @@ def run_experiment(
             summary_file = finish(run, trainer, before, after, validation, fit_seconds)
     except (interrupts.Preempted, KeyboardInterrupt) as stop:
         run.logger.discard()  # steps after the last checkpoint run (and are logged) again on resume
-        run.set_status("KILLED")
+        run.set_ended("KILLED")
         if isinstance(stop, KeyboardInterrupt):  # Ctrl-C outside a trainer call
             raise interrupts.Preempted(signal.SIGINT) from None
         raise
     except TrainingDiverged:
         run.logger.commit()  # keep the curve up to the failure: it shows what diverged
-        run.set_status("FAILED")
+        run.set_ended("FAILED")
         raise
     except BaseException:
         run.logger.discard()
-        run.set_status("FAILED")
+        run.set_ended("FAILED")
         raise
     interrupts.fault("report")
     run.set_status("FINISHED")  # only now: the report and every file are written
@@ -216,7 +226,8 @@ def prepare(cfg: DictConfig, resuming: bool) -> Inputs:
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    needs_tokenizer = cfg.data.get("max_prompt_tokens") is not None
+    # the token-length filter of prompt sets (toy tasks have none)
+    needs_tokenizer = cfg.data.name != "toy" and cfg.data.max_prompt_tokens is not None
     if needs_tokenizer:
         build_problems(_without_token_filter(cfg.data), log=lambda _: None)
     else:
@@ -229,6 +240,8 @@ def prepare(cfg: DictConfig, resuming: bool) -> Inputs:
     _check_objective(cfg, tok_s, tok_t)
     if needs_tokenizer:
         train, val, test = build_problems(cfg.data, tokenizer=tok_s)
+    _check_prompt_lengths(cfg, {"train": train, "val": val, "test": test}, student=(student, tok_s))
+    _check_prompt_lengths(cfg, {"train": train, "val": val, "test": test}, teacher=(teacher, tok_t))
     if "gold" in objective(cfg.loss.name).needs:
         _check_references(cfg, train)
     # Seeded after loading: building the zoo (first run only) draws random numbers, and a run
@@ -244,7 +257,7 @@ def build(
     resuming = state is not None
     sampling, cal, rollout, loss, optim = _configs(cfg)
     batches_per_epoch = rollout.rounds * math.ceil(rollout.prompts_per_epoch / rollout.batch_size)
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # configs saved before it: 1
+    accumulate = cfg.trainer.accumulate_grad_batches
     steps_per_epoch = math.ceil(batches_per_epoch / accumulate)  # Lightning steps at epoch end
     state = dict(state) if resuming else {"overrides": overrides}
     # The learning-rate schedule keeps the length planned at the start, also when a resume
@@ -257,7 +270,14 @@ def build(
         inputs.teacher_tokenizer,
         loss,
         optim,
-        EvalConfig(cfg.n, sampling, cal, rollout.max_tokens, cfg.seed, rollout.batch_size),
+        EvalConfig(
+            n=cfg.n,
+            sampling=sampling,
+            calibration=cal,
+            max_tokens=rollout.max_tokens,
+            seed=cfg.seed,
+            loss_batch=rollout.batch_size,
+        ),
         total_steps=state["schedule_epochs"] * steps_per_epoch,
         inference_dtype=cfg.trainer.inference_dtype,
         sharding=sharding_config(cfg),
@@ -280,6 +300,8 @@ def build(
         run_id=state.get("mlflow_run_id"),
     )
     state["mlflow_run_id"] = logger.run_id
+    if resuming:  # what the stopped process logged is not logged again (see RunLogger)
+        logger.skip_logged()
     return Run(
         cfg,
         Path(cfg.output_dir),
@@ -305,7 +327,7 @@ def build_trainer(run: Run, progress: RunProgress) -> L.Trainer:
     run.rollout_logger = RolloutLogger(
         cfg.logger.log_rollouts_every,
         datamodule.cfg.sample_log_prompts,
-        cfg.logger.get("print_time_every", 10),
+        cfg.logger.print_time_every,
     )
     checkpoints = RollingCheckpoint(
         run.dir / "checkpoints", cfg.trainer.checkpoint_every_n_epochs, logger
@@ -314,11 +336,11 @@ def build_trainer(run: Run, progress: RunProgress) -> L.Trainer:
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.get("num_nodes", 1),
+        num_nodes=cfg.trainer.num_nodes,
         strategy=trainer_strategy(cfg),
         precision=cfg.trainer.precision,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
-        accumulate_grad_batches=cfg.trainer.get("accumulate_grad_batches", 1),
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         logger=logger,
         callbacks=[run.rollout_logger, checkpoints, progress],
         plugins=[AtomicCheckpointIO()],
@@ -339,8 +361,12 @@ def build_trainer(run: Run, progress: RunProgress) -> L.Trainer:
 
 
 def evaluate_before(run: Run, trainer: L.Trainer) -> dict[str, float]:
-    """Test metrics of the untrained student (read back on resume), then validation at step 0
-    (the start of the val/* curves)."""
+    """Test metrics of the untrained student (read back on resume), then MLflow's system metrics
+    start, then validation at step 0 (the start of the val/* curves).
+
+    The system metrics start after the test on purpose: MLflow's compare view colours its
+    parallel-coordinates plot by the first metric a run logged, which is then `test/exact_match`
+    (a system metric first would colour every run alike, CPU at 100 %)."""
     before_file = run.dir / "before.json"
     if run.resuming and before_file.exists():
         before = json.loads(before_file.read_text())
@@ -348,6 +374,7 @@ def evaluate_before(run: Run, trainer: L.Trainer) -> dict[str, float]:
         before = _test(trainer, run.module, run.datamodule)
         if run.is_zero:
             write_atomic(before_file, json.dumps(before, indent=2))
+    run.logger.start_system_metrics(resume=run.resuming)
     if not run.resuming and run.cfg.trainer.val_every_n_epochs and run.datamodule.val_problems:
         with interrupts.in_trainer():
             trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
@@ -423,6 +450,8 @@ def finish(
     summary_file = run.dir / "summary.json"
     write_atomic(summary_file, json.dumps(summary, indent=2))
     logger.experiment.log_artifact(logger.run_id, str(summary_file))
+    # what training produced, first in MLflow's evaluation view (rollouts.json: during training)
+    log_first_table(logger, module.test_answers, ANSWER_COLUMNS, ANSWER_TABLE)
     _log_plots(logger, run.dir)
     if cfg.logger.log_student:
         log_student_model(logger, student_dir)
@@ -433,10 +462,18 @@ def finish(
 
 
 def _log_scale(logger: RunLogger, module: PADModule, summary: dict) -> None:
-    """Wall time, and per rank the peak memory and (FSDP) the parameters each rank stores."""
+    """The run's totals under system/run/ (fit and total seconds, peak memory per rank), apart
+    from the per-epoch series (system/time/, system/memory/), and (FSDP) the parameters each
+    rank stores."""
     times = summary["timings"]
-    metrics = {"system/time/fit_s": times["fit_s"], "system/time/total_s": times["total_s"]}
-    metrics.update({f"system/{k}": v for k, v in times.items() if k.startswith("memory/")})
+    metrics = {f"{RUN_PREFIX}fit_s": times["fit_s"], f"{RUN_PREFIX}total_s": times["total_s"]}
+    metrics.update(
+        {
+            f"{RUN_PREFIX}{k[len('memory/') :]}": v
+            for k, v in times.items()
+            if k.startswith("memory/")
+        }
+    )
     logger.log_metrics(metrics, step=int(module.global_step))
     if module.local_params:
         params = {
@@ -454,6 +491,18 @@ def _log_scale(logger: RunLogger, module: PADModule, summary: dict) -> None:
         )
 
 
+def _check_prompt_lengths(cfg: DictConfig, splits: dict[str, list], **models) -> None:
+    """Every prompt, with a response of rollout.max_new_tokens, must fit the model's positions
+    (config.max_position_embeddings, where the model declares it): a DataError naming the
+    prompt's file and line otherwise (see data.prompts.check_prompt_lengths)."""
+    for role, (model, tokenizer) in models.items():
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            check_prompt_lengths(
+                splits, tokenizer, role, positions, int(cfg.rollout.max_new_tokens)
+            )
+
+
 def _without_token_filter(data_cfg: DictConfig) -> DictConfig:
     out = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
     out.max_prompt_tokens = None
@@ -465,10 +514,10 @@ def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
     cal = cfg.calibration
     if cal.name != "mcq" or cal.alpha == 0:
         return
-    k = 2 if cal.mode == "pairwise" else responses_per_round(cfg)
+    k = 2 if cal.mode == "pairwise" else RunConfig.of(cfg).responses_per_round()
     try:
         context = prompt_text(
-            teacher_tokenizer, mcq_prompt("q", ["a", "b"], cal.template, _option_template(cal))
+            teacher_tokenizer, mcq_prompt("q", ["a", "b"], cal.template, cal.option_template)
         )
         option_token_ids(teacher_tokenizer, k, context)
     except ValueError as err:
@@ -477,14 +526,10 @@ def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
 
 def _nesting(cfg: DictConfig, sweep: dict | None) -> dict | None:
     """The sweep a run belongs to, or (`logger.parent_run_id`) the run it is nested under."""
-    parent = cfg.logger.get("parent_run_id")
+    parent = cfg.logger.parent_run_id
     if sweep is None and parent:
         return {"parent_run_id": parent}
     return sweep
-
-
-def _option_template(cal) -> str:
-    return cal.get("option_template", DEFAULT_OPTION_TEMPLATE)
 
 
 def _check_objective(cfg: DictConfig, student_tokenizer, teacher_tokenizer) -> None:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pad_lightning.app.checks import check
+from pad_lightning.app.schema.moved import MOVED
 from pad_lightning.runtime import interrupts
 from pad_lightning.runtime.errors import ConfigError, PadError
 
@@ -53,9 +54,6 @@ def unique_dir(path: str) -> str:
 OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True, replace=True)
 
 
-MOVED = {"trainer.strategy": "strategy=<auto|ddp|fsdp> (the strategy group, conf/strategy/)"}
-
-
 def hydra_message(err: BaseException) -> str:
     """One line from Hydra's or OmegaConf's multi-line message (options listed as `valid:`)."""
     if isinstance(err.__cause__, ConfigError) or isinstance(err, ConfigError):
@@ -85,6 +83,7 @@ def one_line_config_errors() -> None:
     import hydra._internal.utils as hydra_utils
     from hydra.errors import HydraException
 
+    keep_run_records()
     original = hydra_utils.run_and_report
     if getattr(original, "_pad_lightning", False):
         return
@@ -109,6 +108,28 @@ def one_line_config_errors() -> None:
     hydra_utils.run_and_report = run_and_report
 
 
+def keep_run_records() -> None:
+    """Hydra writes the job's config and overrides to `<run dir>/.hydra/` before the job starts,
+    so before the run folder is locked; in a folder that already holds a run (a resume given its
+    own hydra.run.dir, or a new run that will be refused the folder) that would replace the
+    record of the command that made the run. There Hydra writes nothing."""
+    import hydra.core.utils as hydra_core
+
+    original = hydra_core._save_config
+    if getattr(original, "_pad_lightning", False):
+        return
+
+    def save_config(cfg, filename: str, output_dir) -> None:
+        from pad_lightning.app.resume import holds_run
+
+        if holds_run(Path(output_dir)) or holds_run(Path(output_dir).parent):
+            return
+        original(cfg, filename, output_dir)
+
+    save_config._pad_lightning = True
+    hydra_core._save_config = save_config
+
+
 SWEEP_JOB_ENV = "PAD_LIGHTNING_SWEEP_JOB"
 
 
@@ -122,7 +143,7 @@ def _spawns_ranks(cfg: DictConfig) -> bool:
 
 def _job_in_own_process(cfg: DictConfig, hydra_cfg, sweep: dict, overrides: list[str]):
     """Run one job of a `--multirun` as a fresh `python -m pad_lightning.run` (a single run in
-    the job's directory, nested under the sweep's MLflow parent) and return its objective.
+    the job's directory, nested under the sweep's MLflow parent) and return its optimized metric.
 
     Lightning starts the extra ranks of a multi-process job by re-running the command line and
     keeps its process group for the life of the process: inside one sweep process the second
@@ -157,20 +178,20 @@ def _job_in_own_process(cfg: DictConfig, hydra_cfg, sweep: dict, overrides: list
     if code != 0 or not summary.is_file():
         record_failure(sweep["job"], overrides, f"exit status {code} (its error is printed above)")
         return None
-    return objective_value(json.loads(summary.read_text()), cfg.get("objective"))
+    return optimized_value(json.loads(summary.read_text()), cfg.optimized_metric)
 
 
-def objective_value(summary: dict, name: str | None) -> float | None:
-    """The summary metric `objective` names (`val/<metric>`, `after/<metric>`, `delta/<metric>`)
-    that the run returns to Hydra: what a sweeper that optimises (Optuna) maximises or
-    minimises. None, with a line on stderr, when the run did not measure it."""
+def optimized_value(summary: dict, name: str | None) -> float | None:
+    """The summary metric `optimized_metric` names (`val/<metric>`, `after/<metric>`,
+    `delta/<metric>`) that the run returns to Hydra: what a sweeper that optimises (Optuna)
+    maximises or minimises. None, with a line on stderr, when the run did not measure it."""
     if not name:
         return None
     part, _, metric = str(name).partition("/")
     value = summary.get(part, {}).get(metric) if isinstance(summary.get(part), dict) else None
     if value is None:
         print(
-            f"objective={name}: not measured by this run (validation runs every "
+            f"optimized_metric={name}: not measured by this run (validation runs every "
             "trainer.val_every_n_epochs epochs; val/* needs one during the fit)",
             file=sys.stderr,
         )
@@ -178,14 +199,36 @@ def objective_value(summary: dict, name: str | None) -> float | None:
     return float(value)
 
 
+RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # as Lightning reads it
+
+
+def _global_rank() -> int:
+    """This process's global rank as Lightning will see it (0 for the launching process; the
+    ranks Lightning, torchrun or SLURM start have it in their environment)."""
+    for key in RANK_ENV:
+        if os.environ.get(key) is not None:
+            return int(os.environ[key])
+    return 0
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """One Hydra job: resume or check the config, run the experiment, turn every expected
-    failure into its one line (`PadError.line`), and return the optimised metric."""
+    failure into its one line (`PadError.line`), and return the optimised metric. The run
+    folder is locked for the job's duration (`app.resume.claim_run_folder`)."""
+    held: list = []
+    try:
+        return _run_job(cfg, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _run_job(cfg: DictConfig, held: list) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from pad_lightning.app.resume import RunFinished, resumed_config
-    from pad_lightning.tracking.mlflow_run import absolute_tracking_uri
+    from pad_lightning.app.resume import RunFinished, claim_run_folder, resumed_config
+    from pad_lightning.tracking.mlflow_run import absolute_tracking_uri, open_store, store_error
 
     interrupts.install()
     hydra_cfg = HydraConfig.get()
@@ -213,13 +256,22 @@ def run_job(cfg: DictConfig) -> float | None:
         record_failure(sweep["job"], overrides, message)
 
     state = None
+    owner = _global_rank() == 0  # the other ranks of a DDP/FSDP run share rank 0's folder
     try:
         if cfg.resume:
-            cfg, state = resumed_config(Path(cfg.resume), cfg, overrides)
+            run_dir = Path(str(cfg.resume))
+            if owner:  # refused before locking (nothing written): a bad folder, a finished run
+                resumed_config(run_dir, cfg, overrides)
+                held.append(claim_run_folder(run_dir, resuming=True))
+            cfg, state = resumed_config(run_dir, cfg, overrides)  # read under the lock
             overrides = state.get("overrides", [])
         else:
+            if owner:
+                held.append(claim_run_folder(Path(str(cfg.output_dir)), resuming=False))
             cfg.logger.tracking_uri = absolute_tracking_uri(str(cfg.logger.tracking_uri))
-        check(cfg)
+        cfg = check(cfg)  # every key present from here on (absent ones at their default)
+        if owner:  # created here (a new database, under its lock), before any model loads
+            open_store(str(cfg.logger.tracking_uri), str(cfg.logger.experiment_name))
     except RunFinished as note:
         print(note)
         return
@@ -258,7 +310,14 @@ def run_job(cfg: DictConfig) -> float | None:
     except OSError as err:  # disk full, a file made read-only mid-run
         where = f"{err.filename}: " if err.filename else ""
         return fail(f"error: {where}{err.strerror or err}")
+    except Exception as err:  # the tracking store failed mid-run (e.g. its disk is full)
+        reason = store_error(err)
+        if reason is None:
+            raise
+        uri = str(cfg.logger.tracking_uri)
+        where = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else uri
+        return fail(f"error: {where}: {reason} (the MLflow store, logger.tracking_uri)")
     if summary_path is not None:  # global rank 0
         print(summary_path)
-        return objective_value(json.loads(summary_path.read_text()), cfg.get("objective"))
+        return optimized_value(json.loads(summary_path.read_text()), cfg.optimized_metric)
     return None

@@ -5,6 +5,12 @@ id, status, the schedule's length) and `checkpoints/`. Resuming continues the sa
 the newest readable checkpoint. Overrides given next to `resume=` are applied if they cannot change
 what the finished run means (`SAFE`), ignored if they repeat the saved value (or the run's own
 overrides), and refused by name otherwise. A finished run is not resumed: nothing is changed.
+
+One run folder, one process: the process that runs or resumes a folder holds the lock
+`run.lock` in it (`claim_run_folder`; the kernel releases it when the process ends, SIGKILL
+included). A second resume, a resume of a run still in progress, or a new run given the same
+`hydra.run.dir` is refused with one line naming the process; a new run is also refused a folder
+that already holds a run (`run_state.json` or `summary.json`).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pad_lightning.app.schema.moved import upgraded
 from pad_lightning.runtime.errors import ConfigError
+from pad_lightning.runtime.locks import RUN_LOCK, FileLock, try_lock
 from pad_lightning.tracking.mlflow_run import absolute_tracking_uri
 
 SAFE = (
@@ -32,9 +40,59 @@ class RunFinished(Exception):
     """The run directory holds a finished run; the message says so."""
 
 
+RUN_FILES = ("run_state.json", "summary.json")  # a folder with either holds a run
+
+
+def holds_run(folder: Path) -> str | None:
+    """The file that shows `folder` holds a run (run_state.json or summary.json), or None."""
+    return next((name for name in RUN_FILES if (Path(folder) / name).is_file()), None)
+
+
+def claim_run_folder(run_dir: Path, resuming: bool) -> FileLock:
+    """Lock `run_dir` for this process (held until `release` or the process ends), before
+    anything is written in it; a one-line ConfigError if another live process holds it, or if a
+    new run (`resuming` False) is pointed at a folder that already holds a run."""
+    run_dir = Path(run_dir)
+    key = f"resume={str(run_dir)!r}" if resuming else f"hydra.run.dir={str(run_dir)!r}"
+    occupied = (
+        f"{key}: already holds a run ({{}}); continue it with resume={run_dir}, or choose "
+        "another hydra.run.dir"
+    )
+    found = None if resuming else holds_run(run_dir)
+    if found and not (run_dir / RUN_LOCK).exists():  # refused without touching the folder
+        raise ConfigError(occupied.format(found))
+    try:
+        lock = try_lock(run_dir / RUN_LOCK)
+    except OSError as err:
+        raise ConfigError(
+            f"{key}: cannot lock the run folder ({run_dir / RUN_LOCK}: {err.strerror or err})"
+        ) from None
+    if not isinstance(lock, FileLock):
+        who = f"process {lock}" if lock else "another process"
+        if resuming:
+            raise ConfigError(
+                f"{key}: the run is in use by {who} (it holds {RUN_LOCK}: the run is still "
+                "going, or being resumed); wait for it to end or stop it, then resume"
+            )
+        raise ConfigError(
+            f"{key}: the folder is in use by {who} (a run in progress holds {RUN_LOCK}); "
+            "choose another hydra.run.dir"
+        )
+    if not resuming and (found := holds_run(run_dir)):  # a run that ended since the first look
+        lock.release()
+        raise ConfigError(occupied.format(found))
+    lock.record_owner()
+    return lock
+
+
 def read_state(run_dir: Path) -> dict:
     """run_state.json of a run directory, or a one-line ConfigError."""
     where = f"resume={str(run_dir)!r}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            f"{where}: a file, not a directory; resume takes a run directory written by "
+            "pad_lightning.run (outputs/<date>/<time>)"
+        )
     if not run_dir.is_dir():
         raise ConfigError(f"{where}: no such directory")
     for name in ("config.yaml", "run_state.json"):
@@ -78,6 +136,9 @@ def resumed_config(
         saved = OmegaConf.load(run_dir / "config.yaml")
     except Exception as err:
         raise ConfigError(f"{run_dir / 'config.yaml'}: cannot be read ({err})") from None
+    if not isinstance(saved, DictConfig):
+        raise ConfigError(f"{run_dir / 'config.yaml'}: not a run config (a list, not keys)")
+    saved = upgraded(saved)  # keys an older version wrote, at their new place
     own = set(state.get("overrides", []))
     refused = []
     for override in _parse([o for o in overrides if not o.startswith("resume=")]):

@@ -40,6 +40,7 @@ class PromptRecord:
     prompt: Prompt
     id: str | None = None
     reference: str | None = None
+    where: str | None = field(default=None, compare=False, repr=False)  # file and line or row
 
 
 @dataclass
@@ -187,11 +188,21 @@ def check_data(cfg) -> None:
     else:
         for src in srcs.values():
             if src is not None and not Path(src.path).expanduser().is_file():
-                raise DataError(f"{src.key}={src.path!r}: no such file")
+                raise DataError(_not_a_file(src))
 
 
 # ---------------------------------------------------------------------------------------------
 # reading
+
+
+def _not_a_file(src: Source) -> str:
+    """Why the prompt file of `src` cannot be read: missing, or a folder."""
+    if Path(src.path).expanduser().is_dir():
+        return (
+            f"{src.key}={src.path!r}: is a folder; data={src.fmt} reads one .{src.fmt} file "
+            "(data=ultrafeedback reads a dataset folder)"
+        )
+    return f"{src.key}={src.path!r}: no such file"
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -341,7 +352,7 @@ def _load(src: Source, cfg) -> tuple[Any, Callable[[int], str]]:
             return f"{src.label} row {i + 1}"
     else:
         if not Path(src.path).expanduser().is_file():
-            raise DataError(f"{src.key}={src.path!r}: no such file")
+            raise DataError(_not_a_file(src))
         target = FILE_FORMATS[src.fmt]
         files = str(Path(src.path).expanduser())
         kwargs = {"data_files": files, "split": "train"}
@@ -429,6 +440,49 @@ def _token_lengths(tokenizer, prompts: list[Prompt]) -> list[int]:
     return out
 
 
+def first_too_long(prompts: list, tokenizer, limit: int) -> tuple[int, int] | None:
+    """(index, tokens) of the first prompt whose chat-rendered tokenisation is longer than
+    `limit` tokens, or None. Only renderings of more than `limit` bytes are tokenised: no
+    tokenizer makes more tokens than the text has bytes (a margin covers a prefix token)."""
+    texts = [prompt_text(tokenizer, p) for p in prompts]
+    long = [i for i, text in enumerate(texts) if len(text.encode()) + 16 > limit]
+    for start in range(0, len(long), TOKEN_CHUNK):
+        chunk = long[start : start + TOKEN_CHUNK]
+        ids = tokenizer([texts[i] for i in chunk], add_special_tokens=False)["input_ids"]
+        for i, tokens in zip(chunk, ids, strict=True):
+            if len(tokens) > limit:
+                return i, len(tokens)
+    return None
+
+
+def check_prompt_lengths(
+    splits: dict[str, list], tokenizer, role: str, positions: int, max_new_tokens: int
+) -> None:
+    """Refuse (one DataError naming the file and line or row) a prompt that, with a response of
+    `max_new_tokens`, does not fit `positions` (the `role` model's max_position_embeddings):
+    generating or scoring it would run past the positions the model was trained for, or out of
+    memory. `splits` maps a split name to its prompts (records or toy problems)."""
+    limit = positions - max_new_tokens
+    if limit < 1:
+        raise DataError(
+            f"rollout.max_new_tokens={max_new_tokens}: leaves no room for a prompt in the "
+            f"{role}'s {positions} positions (max_position_embeddings of model.{role}); "
+            f"use at most {positions - 1}"
+        )
+    for split, problems in splits.items():
+        found = first_too_long([p.prompt for p in problems], tokenizer, limit)
+        if found is None:
+            continue
+        i, tokens = found
+        where = getattr(problems[i], "where", None) or f"{split} prompt {i + 1}"
+        raise DataError(
+            f"{where}: the prompt is {tokens} tokens in the {role}'s chat template; with "
+            f"rollout.max_new_tokens={max_new_tokens} it does not fit the {role}'s {positions} "
+            f"positions (max_position_embeddings of model.{role}); drop prompts longer than "
+            f"{limit} tokens with data.max_prompt_tokens={limit} (student tokens), or shorten it"
+        )
+
+
 def _read(src: Source, cfg, tokenizer) -> tuple[list[tuple[str, PromptRecord]], SourceReport]:
     """Filtered (key, record) pairs of one source, and its report."""
     dataset, locate = _load(src, cfg)
@@ -442,9 +496,8 @@ def _read(src: Source, cfg, tokenizer) -> tuple[list[tuple[str, PromptRecord]], 
     for i, (value, ident) in enumerate(zip(values, ids, strict=True)):
         prompt, stripped = _normalise(value, column, locate(i))
         report.assistant_turns_dropped += stripped
-        items.append(
-            (prompt_key(prompt), PromptRecord(prompt, None if ident is None else str(ident)))
-        )
+        record = PromptRecord(prompt, None if ident is None else str(ident), where=locate(i))
+        items.append((prompt_key(prompt), record))
 
     def apply(name: str, keep: Callable[[list], list[bool]], detail: str) -> None:
         nonlocal items

@@ -17,7 +17,13 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from pad_lightning.lm.generation import SamplingConfig, generate
-from pad_lightning.lm.loading import load_model, load_tokenizer, resolve_source, role_options
+from pad_lightning.lm.loading import (
+    TOKENIZER_FILES,
+    load_model,
+    load_tokenizer,
+    resolve_source,
+    role_options,
+)
 from pad_lightning.runtime.errors import ConfigError, ExportError
 from pad_lightning.runtime.files import write_atomic
 from pad_lightning.tracking.mlflow_run import sqlite_path
@@ -60,6 +66,8 @@ class Question:
 def read_records(path: Path, what: str = "--questions") -> list[tuple[str, dict]]:
     """(location, record) pairs of a JSON list or a JSONL file; location is `file:line` (JSONL)
     or `file[index]` (JSON list). Raises ExportError naming the file (and line) on bad input."""
+    if Path(path).is_dir():
+        raise ExportError(f"{what} {path}: is a folder; give a JSON or JSONL file")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as err:
@@ -156,7 +164,6 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 
 
 def _has_chat_template(path: Path) -> bool:
@@ -268,14 +275,20 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_student(
-    path: Path, dtype: str, device: torch.device, chat_template: str | Path | None = None
+    path: Path,
+    dtype: str,
+    device: torch.device,
+    chat_template: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """The student and its tokenizer, checked for weights, tokenizer and a usable chat template
-    (`chat_template`: a Jinja string or .jinja file replacing the folder's template)."""
+    (`chat_template`: a Jinja string or .jinja file replacing the folder's template). Custom
+    model code shipped with the folder runs only with `trust_remote_code`
+    (`--trust-remote-code`)."""
     problem = model_folder_problem(path, chat_template_given=chat_template is not None)
     if problem:
         raise ExportError(f"--model {path}: {problem}")
-    raw = {"path": str(path), "dtype": dtype}
+    raw = {"path": str(path), "dtype": dtype, "trust_remote_code": bool(trust_remote_code)}
     if chat_template is not None:
         raw["chat_template"] = str(chat_template)
     try:
@@ -284,6 +297,11 @@ def load_student(
         tokenizer = load_tokenizer(opts, source)
         model = load_model(opts, source)
     except ConfigError as err:
+        if "model.student.trust_remote_code" in str(err):  # run's key; generate has a flag
+            raise ExportError(
+                f"--model {path}: ships custom model code; pass --trust-remote-code to run it "
+                "(only for sources you trust)"
+            ) from err
         flag = "--chat-template" if "chat_template" in str(err) else f"--model {path}"
         raise ExportError(f"{flag}: {err}") from err
     return model.to(device).eval(), tokenizer

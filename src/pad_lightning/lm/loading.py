@@ -74,6 +74,8 @@ JSON_FILES = (
     "pytorch_model.bin.index.json",
 )
 TEXT_FILES = ("chat_template.jinja", "merges.txt")  # must decode as UTF-8
+# A folder holds a tokenizer if it has one of these (fast tokenizer, sentencepiece, BPE, WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 # The first bytes of a torch.save file in the legacy (pre-zip) format: the pickled magic number.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
@@ -384,15 +386,38 @@ def _tokenizer_error(opts: RoleOptions, source: str, err: BaseException) -> Conf
     )
 
 
+def _no_tokenizer(opts: RoleOptions, source: str) -> ConfigError | None:
+    """The error for a local folder without any tokenizer file, or None."""
+    folder = local_folder(source)
+    if folder is None or any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return ConfigError(
+        f"{_source_key(opts, source)}: no tokenizer files in {folder} (one of "
+        f"{', '.join(TOKENIZER_FILES)}); copy them from the model it was trained from, or save "
+        "the tokenizer with the model"
+    )
+
+
 def _auto_tokenizer(opts: RoleOptions, source: str) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=opts.trust_remote_code)
-    except (KeyError, TypeError, AttributeError, IndexError) as err:  # garbled tokenizer files
-        raise _tokenizer_error(opts, source, err) from None
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=opts.trust_remote_code)
     except Exception as err:
-        if type(err) is not Exception:  # the tokenizers library raises bare Exceptions
-            raise
-        raise _tokenizer_error(opts, source, err) from None
+        # transformers' own message for a folder without tokenizer files lists three ways to
+        # make one over several lines
+        if (missing := _no_tokenizer(opts, source)) is not None:
+            raise missing from None
+        garbled = isinstance(err, KeyError | TypeError | AttributeError | IndexError)
+        if garbled or type(err) is Exception:  # the tokenizers library raises bare Exceptions
+            raise _tokenizer_error(opts, source, err) from None
+        raise
+    # Some model types get an empty tokenizer (special tokens only) when the files are missing:
+    # it would turn every prompt into no tokens
+    if not tokenizer("2+2=", add_special_tokens=False)["input_ids"]:
+        raise _no_tokenizer(opts, source) or ConfigError(
+            f"{_source_key(opts, source)}: its tokenizer turns text into no tokens (an empty "
+            "vocabulary); re-save or re-download the model with its tokenizer"
+        )
+    return tokenizer
 
 
 @contextmanager

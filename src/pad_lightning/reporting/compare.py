@@ -1,6 +1,7 @@
 """Sweep comparison: jobs of a Hydra multirun folder or of an MLflow parent run, grouped by the
-swept keys, mean +- std over the replicate keys, as a table, a bar chart and CSV/JSON files.
-The command is `python -m pad_lightning.compare` (see its module docstring)."""
+swept keys, mean +- std over the replicate keys, ranked by the first metric with the best value
+of each metric marked, as a table, a bar chart and CSV/JSON files; and the best job of a sweep
+(`best_job`). The command is `python -m pad_lightning.compare` (see its module docstring)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from pad_lightning.tracking.mlflow_run import sqlite_path
 
 DEFAULT_METRICS = ("exact_match", "quality", "teacher_reward", "kendall_tau", "delta.exact_match")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-SIDES = ("before", "after", "delta")
+SIDES = ("before", "after", "delta", "val")  # val: the last validation (sweep dir: summary.json)
+# metrics where lower is better (all others: higher); ranks rows and picks a sweep's best job
+LOWER_IS_BETTER = ("loss", "answer_truncated")
+BEST_MARK = "*"  # before the best value of a metric column in the printed table
 MISSING = "(unset)"  # value of a key that a job does not override
 
 
@@ -34,6 +38,7 @@ class Job:
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     delta: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     run_dir: str | None = None
 
@@ -90,6 +95,7 @@ class Row:
     jobs: list[Job]
     replicates: dict[str, list[str]]
     cells: dict[str, Cell]
+    best: list[str] = field(default_factory=list)  # the metrics whose best mean this row has
 
 
 @dataclass
@@ -114,6 +120,7 @@ class Comparison:
                 rec[f"{spec}_mean"] = cell.mean
                 rec[f"{spec}_std"] = cell.std
                 rec[f"{spec}_n"] = cell.n
+            rec["best"] = list(row.best)
             out.append(rec)
         return out
 
@@ -219,6 +226,7 @@ def load_sweep_dir(path: str | Path) -> Sweep:
             job.before = _floats(summary.get("before"))
             job.after = _floats(summary.get("after"))
             job.delta = _floats(summary.get("delta"))
+            job.val = _floats(summary.get("val"))
             if summary.get("tracking_uri"):
                 uris.append(str(summary["tracking_uri"]))
         jobs.append(job)
@@ -275,6 +283,7 @@ def load_parent_run(client, run_id: str) -> Sweep:
     for run in children:
         tags = run.data.tags
         before, after = {}, {}
+        val = {k[4:]: v for k, v in run.data.metrics.items() if k.startswith("val/")}  # the last
         for key in run.data.metrics:
             if not key.startswith("test/"):
                 continue
@@ -294,6 +303,7 @@ def load_parent_run(client, run_id: str) -> Sweep:
             status=run.info.status,
             before=_floats(before),
             after=_floats(after),
+            val=_floats(val),
             run_id=run.info.run_id,
             run_dir=tags.get("sweep.dir"),
         )
@@ -330,6 +340,41 @@ def parse_metric(spec: str) -> tuple[str, str]:
 def metric_label(spec: str) -> str:
     side, metric = parse_metric(spec)
     return metric if side == "after" else f"{side} {metric}"
+
+
+def higher_is_better(spec: str) -> bool:
+    """Whether a larger value of the metric is better (all but LOWER_IS_BETTER, e.g. loss)."""
+    return parse_metric(spec)[1] not in LOWER_IS_BETTER
+
+
+def objective_spec(name: str) -> str:
+    """An optimised metric as the run config names it (`val/<m>`, `after/<m>`, `delta/<m>`) as
+    a metric of the table (`val.<m>`, `<m>`, `delta.<m>`)."""
+    side, _, metric = str(name).partition("/")
+    return metric if side == "after" else f"{side}.{metric}"
+
+
+def known_metrics(jobs: Sequence[Job]) -> list[str]:
+    """The metrics the jobs have, as --metrics names them: `m` (after), then `before.m`,
+    `delta.m`, `val.m` where some job has them."""
+    out = sorted({m for j in jobs for m in j.after})
+    for side in ("before", "delta", "val"):
+        have = sorted({m for j in jobs for m in getattr(j, side)})
+        if side == "delta":  # computed from before and after where not stored
+            have = sorted(set(have) | {m for j in jobs for m in j.before if m in j.after})
+        out += [f"{side}.{m}" for m in have]
+    return out
+
+
+def best_job(jobs: Sequence[Job], spec: str, maximize: bool | None = None) -> list[Job]:
+    """The finished jobs with the best value of `spec` (several on a tie, in job order; empty if
+    none has it). `maximize` defaults to `higher_is_better(spec)`."""
+    maximize = higher_is_better(spec) if maximize is None else maximize
+    scored = [(v, j) for j in jobs if j.finished and (v := j.value(spec)) is not None]
+    if not scored:
+        return []
+    best = (max if maximize else min)(v for v, _ in scored)
+    return [j for v, j in scored if v == best]
 
 
 def swept_keys(jobs: Sequence[Job]) -> list[str]:
@@ -370,6 +415,17 @@ def table(
                 },
             )
         )
+    if specs:  # best first by the first metric (ties keep their order), then mark each column
+        first, sign = specs[0], -1.0 if higher_is_better(specs[0]) else 1.0
+        rows.sort(key=lambda r: (r.cells[first].mean is None, sign * (r.cells[first].mean or 0.0)))
+        for spec in specs:
+            means = [m for r in rows if (m := r.cells[spec].mean) is not None]
+            if len(set(means)) < 2:  # one value, or all equal: nothing is best
+                continue
+            best = max(means) if higher_is_better(spec) else min(means)
+            for row in rows:
+                if row.cells[spec].mean == best:
+                    row.best.append(spec)
     return Comparison(
         swept=swept,
         group_keys=group_keys,
@@ -385,15 +441,37 @@ def _num(x: float) -> str:
 
 
 def format_cell(cell: Cell, runs: int, signed: bool = False) -> str:
+    """`mean ± std` over the runs with a value (the mean alone for one run), then `(n/runs)`
+    when some runs lack it."""
     if not cell.n:
         return "-"
     mean = ("+" if signed and cell.mean >= 0 else "") + _num(cell.mean)
-    text = f"{mean} ± {_num(cell.std) if cell.std is not None else '-'}"
+    text = mean if cell.std is None else f"{mean} ± {_num(cell.std)}"
     return text if cell.n == runs else f"{text} ({cell.n}/{runs})"
+
+
+def ranking_note(comparison: Comparison) -> str:
+    """The line under the table: what the rows are ranked by and what the mark means."""
+    if not comparison.metrics:
+        return ""
+    first = comparison.metrics[0]
+    order = "highest" if higher_is_better(first) else "lowest"
+    lower = [m for m in LOWER_IS_BETTER if any(parse_metric(s)[1] == m for s in comparison.metrics)]
+    return (
+        f"rows ranked by {metric_label(first)} ({order} first); {BEST_MARK} = best in its column"
+        + (f" (lowest for {', '.join(lower)}; highest for the rest)" if lower else " (highest)")
+    )
 
 
 def rich_table(comparison: Comparison, title: str | None = None):
     from rich.table import Table
+    from rich.text import Text
+
+    def cell(row: Row, spec: str):
+        text = format_cell(row.cells[spec], len(row.jobs), signed=parse_metric(spec)[0] == "delta")
+        if spec in row.best:  # the mark before the value: right-aligned values stay aligned
+            return Text(f"{BEST_MARK} {text}", style="bold")
+        return Text(text)
 
     t = Table(title=title, title_justify="left")
     for key in comparison.group_keys:
@@ -408,10 +486,7 @@ def rich_table(comparison: Comparison, title: str | None = None):
             *row.group.values(),
             str(len(row.jobs)),
             *(",".join(v) for v in row.replicates.values()),
-            *(
-                format_cell(row.cells[s], len(row.jobs), signed=parse_metric(s)[0] == "delta")
-                for s in comparison.metrics
-            ),
+            *(cell(row, s) for s in comparison.metrics),
         )
     return t
 
@@ -573,7 +648,13 @@ def write_outputs(comparison: Comparison, sweep: Sweep, out: Path) -> list[Path]
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in records)
+        writer.writerows(
+            {
+                k: "" if v is None else " ".join(v) if isinstance(v, list) else v
+                for k, v in r.items()
+            }
+            for r in records
+        )
     json_path.write_text(
         json.dumps(
             {
@@ -583,6 +664,7 @@ def write_outputs(comparison: Comparison, sweep: Sweep, out: Path) -> list[Path]
                 "group_keys": comparison.group_keys,
                 "over": comparison.over,
                 "metrics": comparison.metrics,
+                "ranked_by": comparison.metrics[0] if comparison.metrics else None,
                 "rows": records,
                 "unfinished": [
                     {
@@ -612,7 +694,7 @@ def _split(text: str | None) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pad_lightning.compare",
-        description="Compare the jobs of a sweep (mean ± std over seeds per setting).",
+        description="Compare the jobs of a sweep (mean ± std over seeds per setting, best first).",
     )
     parser.add_argument("target", help="sweep directory or MLflow parent run id")
     parser.add_argument(
@@ -620,14 +702,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"MLflow tracking URI (default: the sweep's, else {DEFAULT_TRACKING_URI})",
     )
     parser.add_argument(
-        "--out", help="PNG path (default <sweep dir>/compare.png or ./compare-<parent id>.png)"
+        "--metrics",
+        help="comma-separated: m (after), after.m, before.m, delta.m, val.m; rows are ranked "
+        "by the first (default exact_match, quality, teacher_reward, kendall_tau, "
+        "delta.exact_match: those present)",
     )
-    parser.add_argument("--metrics", help="comma-separated: m (after), after.m, before.m, delta.m")
     parser.add_argument(
         "--over", default="seed", help="comma-separated replicate keys (default seed)"
     )
-    parser.add_argument("--no-log", action="store_true", help="do not log to the parent run")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "--out",
+        help="where the chart goes, with the table as .csv and .json beside it (default "
+        "<sweep dir>/compare.png or ./compare-<parent id>.png)",
+    )
+    output.add_argument(
+        "--no-log",
+        action="store_true",
+        help="print the table only: write no files and log nothing to the parent run",
+    )
+    parser.add_argument(
+        "--files-only",
+        action="store_true",
+        help="write the chart, CSV and JSON but do not log them to the parent run",
+    )
     args = parser.parse_args(argv)
+    if args.no_log and args.files_only:
+        parser.error("argument --files-only: not allowed with argument --no-log")
 
     from rich.console import Console
 
@@ -663,6 +764,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if not comparison.metrics:
             raise CompareError(f"{sweep.source}: none of the default metrics is present")
+        known = known_metrics(sweep.jobs)
+        for spec in metrics or ():
+            side, name = parse_metric(spec)
+            if (name if side == "after" else f"{side}.{name}") not in known:
+                raise CompareError(f"--metrics {spec}: unknown; valid: {', '.join(known)}")
     except CompareError as err:
         print(f"compare: {err}", file=sys.stderr)
         return 2
@@ -675,16 +781,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         highlight=False,
     )
     console.print(rich_table(comparison))
+    console.print(ranking_note(comparison), highlight=False)
     for job in comparison.unfinished:
         console.print(
             f"not finished: job {job.name} ({job.label()}): {job.status}", highlight=False
         )
+    if args.no_log:
+        return 0
 
     out = Path(args.out) if args.out else default_out
     paths = write_outputs(comparison, sweep, out)
     console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False)
 
-    if sweep.parent_run_id and not args.no_log:
+    if sweep.parent_run_id and not args.files_only:
         try:
             if client is None:
                 client = _client(args.tracking_uri or sweep.tracking_uri or DEFAULT_TRACKING_URI)

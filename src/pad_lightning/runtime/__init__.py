@@ -1,4 +1,5 @@
-"""Process plumbing: the error hierarchy, interrupts, atomic files, collectives, non-finite checks.
+"""Process plumbing: the error hierarchy, interrupts, atomic files, file locks,
+collectives, non-finite checks.
 
 Lowest layer: imports nothing of pad_lightning above it (torch and the standard library only).
 """

@@ -13,8 +13,14 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     """Yield `<path>.partial` to be written; when the block ends without an error it is renamed
     over `path` (an error, a kill or a crash inside the block leaves `path` as it was)."""
     partial = path.with_name(path.name + ".partial")
-    yield partial
-    os.replace(partial, path)
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as err:
+        if err.filename:
+            raise
+        # a write that failed (a full disk) names no file: name the one being written
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def write_atomic(path: Path, text: str, encoding: str | None = None) -> None:

@@ -14,16 +14,32 @@
   run tag `pad_lightning.committed_step` in the same database transaction; a resumed run writes
   its checkpoint's metrics unless that tag says they were written (`commit_carried`). A kill
   between writing a checkpoint and committing its metrics loses nothing and duplicates nothing.
+* A resumed run never logs a value twice: it counts what MLflow already holds per (metric, step)
+  (`skip_logged`) and does not log those again, so steps that a resume redoes after falling
+  back to an older checkpoint, or final test values of a run that failed after logging them,
+  are in MLflow once.
+* A new sqlite database is created under an exclusive lock on `<db>.lock` (`store_lock`): runs
+  that start together on a missing database wait for the first to create it, instead of
+  migrating it twice (which crashes both and can leave a broken database).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
+import re
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from pad_lightning.runtime.errors import ConfigError, first_line
+from pad_lightning.runtime.locks import exclusive
 
 LOCAL_SCHEMES = ("sqlite:///", "file://")
 COMMIT_TAG = "pad_lightning.committed_step"
@@ -33,8 +49,19 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 def experiment_id(client, name: str) -> str:
     """The id of the experiment `name`, created if missing, tagged for the model-training view."""
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name)
+        except MlflowException:  # another process created it since: use that one
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
     if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
         client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
     return exp_id
@@ -59,6 +86,10 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+MIN_FREE_BYTES = 1 << 20  # a run's database writes need more than this
+
+
 def tracking_problem(uri: str) -> str | None:
     """Why a local sqlite tracking store cannot be written, or None. (Checked at start-up: MLflow
     itself retries a read-only database for about two minutes before failing.)"""
@@ -66,6 +97,10 @@ def tracking_problem(uri: str) -> str | None:
     if path is None:
         return None
     folder = path.parent
+    if path.is_dir():
+        return (
+            f"{uri}: {path} is a folder; give the path of a database file (e.g. {path}/mlflow.db)"
+        )
     if not folder.is_dir():
         return f"{uri}: its folder {folder} does not exist"
     try:  # sqlite writes a journal file next to the database
@@ -75,11 +110,79 @@ def tracking_problem(uri: str) -> str | None:
         return f"{uri}: its folder {folder} is not writable ({err.strerror})"
     if path.exists():
         try:
-            with open(path, "r+b"):
-                pass
+            with open(path, "r+b") as db:
+                head = db.read(len(SQLITE_HEADER))
         except OSError as err:
             return f"{uri}: the database file {path} is not writable ({err.strerror})"
+        if head and head != SQLITE_HEADER:
+            return (
+                f"{uri}: {path} is not an SQLite database (it holds other data); give a new "
+                "file name or an existing MLflow database"
+            )
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES:
+        free = stats.f_bavail * stats.f_frsize // 1024
+        return f"{uri}: the disk holding {folder} is full ({free} KiB free); free space on it"
     return None
+
+
+def store_lock(uri: str):
+    """A block that holds the exclusive lock `<db>.lock` of a sqlite tracking URI (waiting for
+    it), or does nothing for other stores. Creating or migrating a database happens inside it."""
+    path = sqlite_path(uri)
+    if path is None or not path.parent.is_dir():
+        return contextlib.nullcontext()
+    return exclusive(path.with_name(path.name + ".lock"))
+
+
+def open_store(uri: str, experiment_name: str) -> None:
+    """Open the tracking store once at start-up, creating it (a new sqlite database) and the
+    experiment under `store_lock`; a store that cannot be opened is a one-line ConfigError
+    naming logger.tracking_uri (a broken or foreign database, an unreachable server)."""
+    from mlflow import MlflowClient
+
+    # MLflow's notices while it creates or upgrades a database ("Creating initial MLflow
+    # database tables..."): not news to the user, and they would precede a run's one-line error
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        with store_lock(uri):
+            experiment_id(MlflowClient(uri), experiment_name)
+    except OSError as err:
+        raise ConfigError(
+            f"logger.tracking_uri={uri}: cannot open the tracking store ({err.strerror or err})"
+        ) from None
+    except Exception as err:  # MLflow and SQLAlchemy errors: a broken or foreign database
+        if store_error(err) is None:
+            raise
+        raise ConfigError(
+            f"logger.tracking_uri={uri}: cannot be opened as an MLflow store "
+            f"({store_error(err)}); give a new file name or a working MLflow store"
+        ) from None
+
+
+def store_error(err: BaseException) -> str | None:
+    """The reason, in one line, of an error from the tracking store (MLflow, SQLAlchemy or
+    sqlite: e.g. `database or disk is full`), or None for any other error."""
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    seen = err
+    while seen is not None:
+        if isinstance(seen, sqlite3.Error):
+            return str(seen).strip() or type(seen).__name__
+        seen = seen.__cause__ or seen.__context__
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if not isinstance(err, MlflowException | SQLAlchemyError):
+        return None
+    text = str(err)
+    found = re.search(r"\((?:sqlite3|psycopg2|pymysql)\.\w+\) ([^\n\[]+)", text)
+    return found.group(1).strip() if found else first_line(err)
 
 
 NOT_NAMING = ("hydra.", "logger.", "resume=")  # overrides that say where, not what, a run is
@@ -106,10 +209,27 @@ def run_name(overrides: list[str], swept: list[str] | None = None) -> str:
     return (",".join(parts) or "default")[:250]
 
 
+# The tag MLflow's UI writes when one picks a run's colour (and reads for every run it lists):
+# each job of a sweep gets its own, so lines, bars and run-list dots tell the jobs apart.
+RUN_COLOR_TAG = "mlflow.runColor"
+JOB_COLORS = (
+    *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"),
+    *("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"),
+    *("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"),
+    *("#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"),
+)
+
+
+def job_color(job) -> str:
+    """The colour of job number `job` of a sweep (20 distinct ones, then again)."""
+    return JOB_COLORS[int(job) % len(JOB_COLORS)]
+
+
 def run_tags(overrides: list[str], sweep: dict | None = None) -> dict[str, str]:
     """Tags of a new run: one `override.<key>` per override, the run description (its command
     line), the sweep it belongs to (`sweep.dir`, `sweep.job`, and `mlflow.parentRunId`, which
-    nests the run under the sweep's parent run in the UI), and the git commit and dirty flag."""
+    nests the run under the sweep's parent run in the UI), its colour in the UI as a sweep's job
+    (`mlflow.runColor`), and the git commit and dirty flag."""
     tags = {}
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
@@ -124,6 +244,8 @@ def run_tags(overrides: list[str], sweep: dict | None = None) -> dict[str, str]:
                 tags["sweep.swept"] = ",".join(value)
             else:
                 tags[f"sweep.{key}"] = str(value)
+        if str(sweep.get("job", "")).isdigit():
+            tags[RUN_COLOR_TAG] = job_color(sweep["job"])
     tags.update(_git_tags())
     return tags
 
@@ -156,10 +278,13 @@ class RunLogger(MLFlowLogger):
     """Lightning's MLflow logger with the run status and metric commits described above."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        uri = kwargs.get("tracking_uri", args[2] if len(args) > 2 else None)
+        with store_lock(str(uri or "")):  # Lightning opens (a new database: creates) the store
+            super().__init__(*args, **kwargs)
         self.hold_metrics = False
         self._held: list[tuple[dict, int | None, int]] = []  # (metrics, step, time in ms)
         self._monitor = None
+        self._logged: Counter = Counter()  # (key, step) -> values MLflow holds (resumed runs)
 
     @property
     def experiment(self):
@@ -167,8 +292,31 @@ class RunLogger(MLFlowLogger):
             from mlflow import MlflowClient
 
             self._kind_set = True  # created here (tagged) before Lightning looks it up
-            experiment_id(MlflowClient(self._tracking_uri), self._experiment_name)
+            with store_lock(self._tracking_uri):  # a new database is created by one process
+                experiment_id(MlflowClient(self._tracking_uri), self._experiment_name)
+                return super().experiment
         return super().experiment
+
+    @rank_zero_only
+    def skip_logged(self) -> int:
+        """On resume: count the values MLflow already holds for this run per (metric, step);
+        as many values of each are then not logged again (a resume that falls back to an older
+        checkpoint redoes steps whose metrics were committed; a run that failed after its final
+        test logs that test again). Returns how many values the run holds."""
+        client = self.experiment
+        self._logged = Counter()
+        for key in client.get_run(self.run_id).data.metrics:
+            for m in client.get_metric_history(self.run_id, key):
+                self._logged[(key, m.step)] += 1
+        return sum(self._logged.values())
+
+    def _new(self, key: str, step: int) -> bool:
+        """False (and one fewer left to skip) if MLflow already holds a value of `key` at
+        `step` that this run has not matched yet; True otherwise."""
+        if self._logged[(key, step)] > 0:
+            self._logged[(key, step)] -= 1
+            return False
+        return True
 
     @rank_zero_only
     def start_system_metrics(self, interval_s: float = 5.0, resume: bool = False) -> None:
@@ -211,7 +359,10 @@ class RunLogger(MLFlowLogger):
             return
         if self.hold_metrics:
             self._held.append((dict(metrics), step, int(time.time() * 1000)))
-        else:
+            return
+        if self._logged:
+            metrics = {k: v for k, v in metrics.items() if self._new(k, step or 0)}
+        if metrics:
             super().log_metrics(metrics, step)
 
     @rank_zero_only
@@ -243,6 +394,7 @@ class RunLogger(MLFlowLogger):
             Metric(key=k, value=v, timestamp=logged_at, step=step or 0)
             for values, step, logged_at in entries
             for k, v in values.items()
+            if not self._logged or self._new(k, step or 0)
         ]
         tags = [] if commit_id is None else [RunTag(COMMIT_TAG, str(commit_id))]
         # one batch (one database transaction) when it fits MLflow's limit of 1000 metrics
@@ -268,6 +420,63 @@ class RunLogger(MLFlowLogger):
         else:
             self._stop_system_metrics()
             self.experiment.set_terminated(self.run_id, status)
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def run_list_url(
+    experiment_id: str,
+    filter_string: str | None = None,
+    order_by_metric: str | None = None,
+    ascending: bool = False,
+) -> str:
+    """The experiment's run list in the MLflow UI (model-training view), with a search filter
+    and ordered by a metric, as the page itself keeps them in its address."""
+    from urllib.parse import quote, urlencode
+
+    query = {"workflowType": "machine_learning"}
+    if filter_string:
+        query["searchFilter"] = filter_string
+    if order_by_metric:
+        query["orderByKey"] = f"metrics.`{order_by_metric}`"
+        query["orderByAsc"] = str(ascending).lower()
+    return f"{UI_ADDRESS}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
+# + a key: a run-list view as the MLflow UI's *Share* button saves one (an experiment tag the
+# page reads when its address has ?viewStateShareKey=<key>)
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+
+
+def save_run_list_view(
+    client,
+    experiment_id: str,
+    key: str,
+    filter_string: str,
+    order_by_metric: str,
+    ascending: bool = False,
+    metric_columns: tuple[str, ...] = (),
+    column_width: int = 140,
+) -> str:
+    """Save a run-list view of the experiment (the runs matching `filter_string`, ordered by
+    `order_by_metric`, with that metric and `metric_columns` shown as columns, in that order)
+    under `key`, the way the UI shares one, and return its address. (The run list's address
+    alone can filter and order, but not choose columns: no metric would be shown.)"""
+    columns = [f"metrics.`{m}`" for m in dict.fromkeys([order_by_metric, *metric_columns])]
+    state = {
+        "searchFilter": filter_string,
+        "orderByKey": columns[0],
+        "orderByAsc": ascending,
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "columnWidths": {c: column_width for c in columns},
+    }
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
+    return (
+        f"{UI_ADDRESS}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={key}"
+    )
 
 
 def ui_hint(uri: str, logger: RunLogger) -> str:
@@ -325,6 +534,24 @@ def log_datasets(logger: RunLogger, data_cfg, datamodule) -> None:
         tag = InputTag(key="mlflow.data.context", value=context)
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[tag]))
     logger.experiment.log_inputs(logger.run_id, datasets=inputs)
+
+
+LOGGED_TABLES_TAG = "mlflow.loggedArtifacts"  # the run's tables, as MLflow's log_table lists them
+
+
+@rank_zero_only
+def log_first_table(logger: RunLogger, rows: list[dict], columns, artifact_file: str) -> None:
+    """`rows` as the MLflow table `artifact_file` (replacing a table of that name, e.g. one a
+    stopped run logged before it was resumed), listed first among the run's tables: MLflow's
+    evaluation view opens on the first table of the first run it shows."""
+    client, run_id = logger.experiment, logger.run_id
+    table = {"columns": list(columns), "data": [[row.get(c) for c in columns] for row in rows]}
+    client.log_dict(run_id, table, artifact_file)
+    entry = {"path": artifact_file, "type": "table"}
+    listed = json.loads(client.get_run(run_id).data.tags.get(LOGGED_TABLES_TAG, "[]"))
+    client.set_tag(
+        run_id, LOGGED_TABLES_TAG, json.dumps([entry, *(e for e in listed if e != entry)])
+    )
 
 
 @rank_zero_only

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pad_lightning.data.answers import answer_metrics, quality_matrix
+from pad_lightning.data.answers import answer_metrics, answer_rows, quality_matrix
 from pad_lightning.lm.chat import encode_pairs, pad_id
 from pad_lightning.lm.generation import SamplingConfig, generate
 from pad_lightning.lm.scoring import score_pairs
@@ -45,9 +45,14 @@ def objective_loss(module, roll, prompts_per_batch: int) -> float:
 
 @torch.no_grad()
 def evaluate(
-    module, problems: list, cfg: EvalConfig, autocast_dtype: torch.dtype | None = None
+    module,
+    problems: list,
+    cfg: EvalConfig,
+    autocast_dtype: torch.dtype | None = None,
+    answers_out: list | None = None,
 ) -> dict[str, float]:
-    """Metrics of `module.student` against `module.teacher` on `problems`."""
+    """Metrics of `module.student` against `module.teacher` on `problems`; with `answers_out`,
+    the greedy answers are appended to it as rows (`data.answers.answer_rows`)."""
     student, teacher = module.student, module.teacher
     tok_s, tok_t = module.student_tokenizer, module.teacher_tokenizer
     prompts = [p.prompt for p in problems]
@@ -68,6 +73,8 @@ def evaluate(
     answers = [t[0] for t in greedy.texts]
     if all(r is not None for r in refs):
         out.update(answer_metrics(answers, refs))
+    if answers_out is not None:
+        answers_out.extend(answer_rows(prompts, answers, refs))
     finished = (~greedy.truncated).view(-1, 1).tolist()
     pairs = encode_pairs(tok_t, prompts, [[a] for a in answers], finished=finished)
     out["teacher_reward"] = float(

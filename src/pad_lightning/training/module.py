@@ -46,7 +46,10 @@ def resolve_inference_dtype(name: str, device_type: str) -> torch.dtype | None:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4
+    """AdamW and its warm-up + cosine schedule; these defaults are the `trainer.optim` config
+    group's (app.schema.trainer reads them; conf/trainer/default.yaml repeats them)."""
+
+    lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
@@ -89,6 +92,7 @@ class PADModule(L.LightningModule):
         self.total_steps = total_steps
         self.inference_dtype = inference_dtype
         self.eval_tag = "val"  # "val" (periodic validation) or "test" (before / after training)
+        self.test_answers: list[dict] = []  # the last test's greedy answers (answer_rows)
         self.strict_loading = False  # checkpoints hold the student only
         self.sharding = sharding  # strategy=fsdp's options (None: not sharded)
         self.local_params: dict[str, list[int]] = {}  # per rank, once sharded (logged)
@@ -197,8 +201,9 @@ class PADModule(L.LightningModule):
         device = self.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.eval_cfg.seed * 1_000_003 + batch_idx)
+            answers = self.test_answers if self.eval_tag == "test" else None
             with self.gathered():
-                metrics = evaluate(self, problems, self.eval_cfg, self._autocast_dtype())
+                metrics = evaluate(self, problems, self.eval_cfg, self._autocast_dtype(), answers)
         for name, value in metrics.items():
             self.log(
                 f"{self.eval_tag}/{name}",
@@ -214,6 +219,9 @@ class PADModule(L.LightningModule):
 
     def validation_step(self, problems: list, batch_idx: int) -> None:
         self._eval_step(problems, batch_idx)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_answers = []
 
     def test_step(self, problems: list, batch_idx: int) -> None:
         self._eval_step(problems, batch_idx)

@@ -39,6 +39,7 @@ class _DropNoise(logging.Filter):
         "TPU available:",
         "HPU available:",
         "`Trainer.fit` stopped",
+        "Detected KeyboardInterrupt",  # Ctrl-C: the run (or the zoo build) says it stopped
     )
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -27,10 +27,9 @@ TEACHER_PLACEMENTS = ("replicated", "sharded")
 
 
 def strategy_name(cfg) -> str:
-    """`strategy.name`; configs saved before the group existed kept it in `trainer.strategy`."""
-    if cfg.get("strategy") is not None:
-        return cfg.strategy.name
-    return cfg.trainer.get("strategy", "auto")
+    """`strategy.name` of a checked run config (a config saved before the group existed, with
+    `trainer.strategy`, is upgraded when it is resumed: app.schema.moved)."""
+    return cfg.strategy.name
 
 
 def sharding_config(cfg) -> ShardingConfig | None:

@@ -10,7 +10,8 @@ entry is verified against it (a few MB of hashing) and rebuilt, with one printed
 is missing, truncated or changed, or the card is broken. Entries written before the hashes were
 recorded are checked by file presence, JSON parsing and safetensors header parsing, and get their
 hashes then. Builds go to a staging folder renamed into place, so concurrent builders of the same
-entry never see a half-written one; the later finisher keeps the earlier one's entry.
+entry never see a half-written one; the later finisher keeps the earlier one's entry. A build
+stopped by Ctrl-C or SIGTERM removes its staging folder: nothing half-built is ever cached.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pad_lightning.data.tasks import Problem, corrupt, quality, sample_problems
 from pad_lightning.lm.chat import encode_pairs
 from pad_lightning.lm.generation import SamplingConfig, generate
 from pad_lightning.lm.judge import DEFAULT_OPTION_TEMPLATE, DEFAULT_TEMPLATE, LETTERS, mcq_prompt
+from pad_lightning.runtime import interrupts
 from pad_lightning.runtime.errors import ConfigError, described
 from pad_lightning.training.progress import StepsProgress, quiet_libraries
 from pad_lightning.training.sft import BatchStream, SFTModule, sft_batch
@@ -315,7 +317,11 @@ def _fit(
         num_sanity_val_steps=0,
     )
     maker = _BatchMaker(cfg, spec, tokenizer, role, mcq_fraction, pool, samples)
-    trainer.fit(module, torch.utils.data.DataLoader(BatchStream(maker), batch_size=None))
+    # Ctrl-C or SIGTERM: Lightning ends the fit with sys.exit(1); `in_trainer` raises Preempted
+    # instead, which removes the staging folder (nothing half-built is cached) and stops the run
+    # with its one line and 128 + the signal number
+    with interrupts.in_trainer():
+        trainer.fit(module, torch.utils.data.DataLoader(BatchStream(maker), batch_size=None))
     return {"steps": trainer.global_step, "val_history": stopper.history}
 
 

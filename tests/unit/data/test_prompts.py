@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from pad_lightning.data.answers import quality_matrix
 from pad_lightning.data.problems import build_problems
-from pad_lightning.data.prompts import check_data, load_prompts, prompt_key
+from pad_lightning.data.prompts import check_data, check_prompt_lengths, load_prompts, prompt_key
 from pad_lightning.lm.chat import encode_prompt
 from pad_lightning.runtime.errors import DataError
 from pad_lightning.zoo.tokenizer import build_char_tokenizer
@@ -372,6 +372,31 @@ def error_of(cfg, tokenizer=None) -> str:
     message = str(err.value)
     assert "\n" not in message
     return message
+
+
+def test_a_folder_given_as_the_file(tmp_path):
+    cfg = cfg_for("jsonl", tmp_path, path=str(tmp_path))
+    assert error_of(cfg) == (
+        f"data.path={str(tmp_path)!r}: is a folder; data=jsonl reads one .jsonl file "
+        "(data=ultrafeedback reads a dataset folder)"
+    )
+
+
+def test_prompt_that_does_not_fit_the_model_positions(tmp_path):
+    tok = build_char_tokenizer()
+    rows = [{"prompt": f"question {i}"} for i in range(6)] + [{"prompt": "x" * 300}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    splits = load_prompts(cfg_for("jsonl", tmp_path, path=str(path), val_size=1, test_size=1))
+    sets = {"train": splits.train, "val": splits.val, "test": splits.test}
+    with pytest.raises(DataError) as err:
+        check_prompt_lengths(sets, tok, "teacher", 256, 8)
+    message = str(err.value)
+    assert message.startswith(f"{path} line 7: the prompt is 3")
+    assert "with rollout.max_new_tokens=8 it does not fit the teacher's 256 positions" in message
+    assert "data.max_prompt_tokens=248" in message and "\n" not in message
+    check_prompt_lengths(sets, tok, "teacher", 1024, 8)  # fits
+    with pytest.raises(DataError, match=r"^rollout.max_new_tokens=256: leaves no room"):
+        check_prompt_lengths(sets, tok, "student", 256, 256)
 
 
 def test_missing_file_and_bad_keys(tmp_path):

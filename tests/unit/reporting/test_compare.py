@@ -112,8 +112,19 @@ def check_table(comparison):
     assert comparison.swept == ["loss", "n", "seed"]  # trainer.epochs is the same everywhere
     assert comparison.group_keys == ["loss", "n"]
     assert comparison.over == ["seed"]
-    assert [tuple(r.group.values()) for r in comparison.rows] == list(AFTER_EM)
+    # ranked by the first metric (exact_match), best first
+    assert [tuple(r.group.values()) for r in comparison.rows] == [
+        ("ppd", "4"),
+        ("vpd", "4"),
+        ("ppd", "2"),
+        ("vpd", "2"),
+    ]
     by_group = {tuple(r.group.values()): r for r in comparison.rows}
+    # the best of each column: exact_match and its delta ppd/4; quality 0.91 (three rows tie);
+    # teacher_reward -0.55 (vpd/4, no seed 2); kendall_tau 0.9 everywhere: nothing marked
+    assert by_group[("ppd", "4")].best == ["exact_match", "quality", "delta.exact_match"]
+    assert by_group[("ppd", "2")].best == by_group[("vpd", "2")].best == ["quality"]
+    assert by_group[("vpd", "4")].best == ["teacher_reward"]
     # by hand: ppd/2 -> 0.6 +- 0.1; ppd/4 -> 0.8333 +- 0.0306; vpd/2 -> 0.42 +- 0.02; vpd/4 -> 0.62 +- 0.0283
     hand = {
         ("ppd", "2"): (0.6, 0.1),
@@ -183,7 +194,8 @@ def test_metrics_absent_are_dropped_and_single_runs_have_no_std():
     assert comparison.metrics == ["exact_match", "delta.exact_match"]  # no quality, ... logged
     ppd = comparison.rows[0].cells["exact_match"]
     assert (ppd.mean, ppd.std, ppd.n) == (0.5, None, 1)
-    assert compare.format_cell(ppd, 1) == "0.500 ± -"
+    assert compare.format_cell(ppd, 1) == "0.500"  # one run: its value, no "± -"
+    assert compare.format_cell(Cell([0.5]), 2) == "0.500 (1/2)"
     assert compare.format_cell(Cell([0.5, 0.7]), 3) == "0.600 ± 0.141 (2/3)"
     # --over changes the replicate axis: grouping by seed, replicates over loss
     by_seed = table(jobs, over=("loss",))
@@ -222,16 +234,31 @@ def test_cli_sweep_dir_prints_writes_and_logs(store, capsys):
     line = next(x for x in printed.splitlines() if "ppd" in x and " 2 " in x)
     assert "0.600 ± 0.100" in line and "0,1,2" in line
     assert "0.620 ± 0.028 " in printed
+    # ranked by exact_match; the best of each column carries the mark, and a line says so
+    table_rows = [x for x in printed.splitlines() if x.startswith("│ ")]
+    assert [r.split("│")[1:3] for r in table_rows][0] == [" ppd  ", " 4 "]
+    assert "* 0.833 ± 0.031 │" in table_rows[0] and "* +0.433 ± 0.031 │" in table_rows[0]
+    assert "│   0.620 ± 0.028 │" in table_rows[1] and "* -0.550 ± 0.071 │" in table_rows[1]
+    assert "".join(table_rows).count("* ") == 6  # exact_match, delta, teacher_reward, quality x3
+    assert "rows ranked by exact_match (highest first); * = best in its column" in printed
     assert "not finished: job 11 (loss=vpd n=4 seed=2 trainer.epochs=3): FAILED" in printed
 
     image = Image.open(out)
     image.verify()
     assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
-    assert [(r["loss"], r["n"], r["runs"], r["seed"]) for r in rows][-1] == ("vpd", "4", "2", "0,1")
-    assert float(rows[0]["exact_match_mean"]) == pytest.approx(0.6)
+    assert [(r["loss"], r["n"], r["runs"], r["seed"]) for r in rows][1] == ("vpd", "4", "2", "0,1")
+    assert float(rows[0]["exact_match_mean"]) == pytest.approx(0.8333333)
+    assert [r["best"] for r in rows] == [
+        "exact_match quality delta.exact_match",
+        "teacher_reward",
+        "quality",
+        "quality",
+    ]
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["unfinished"][0]["status"] == "FAILED"
+    assert data["ranked_by"] == "exact_match"
+    assert data["rows"][0]["best"] == ["exact_match", "quality", "delta.exact_match"]
 
     client = store["client"]
     logged = {a.path for a in client.list_artifacts(store["parent"], "compare")}
@@ -251,7 +278,7 @@ def test_cli_parent_run_id(store, capsys, monkeypatch):
             store["uri"],
             "--metrics",
             "exact_match,before.kendall_tau",
-            "--no-log",
+            "--files-only",
         ]
     )
     assert code == 0
@@ -296,8 +323,6 @@ def test_cli_piped_output_is_not_truncated(store):
             "pad_lightning.compare",
             str(store["sweep_dir"]),
             "--no-log",
-            "--out",
-            str(store["root"] / "piped.png"),
         ],
         capture_output=True,
         text=True,
@@ -307,3 +332,82 @@ def test_cli_piped_output_is_not_truncated(store):
     header = next(x for x in proc.stdout.splitlines() if "exact_match" in x)
     assert "delta exact_match" in header and "…" not in proc.stdout
     assert "\x1b[" not in proc.stdout  # no colour codes in a pipe
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_cli_no_log_writes_and_logs_nothing(store, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    client, parent = store["client"], store["parent"]
+    logged = {a.path for a in client.list_artifacts(parent, "compare")}
+    files = _files(store["root"])
+    # from the sweep dir (default out: <sweep dir>/compare.png) and from the parent run id
+    assert compare.main([str(store["sweep_dir"]), "--no-log"]) == 0
+    assert compare.main([parent, "--tracking-uri", store["uri"], "--no-log"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("* 0.833 ± 0.031") == 2 and "wrote" not in printed
+    assert _files(store["root"]) - files == set()  # (the store's own files may change)
+    assert not list(tmp_path.iterdir())
+    assert {a.path for a in client.list_artifacts(parent, "compare")} == logged
+    # --out names a file to write: not with --no-log (argparse: exit 2)
+    with pytest.raises(SystemExit) as stop:
+        compare.main([str(store["sweep_dir"]), "--no-log", "--out", str(tmp_path / "x.png")])
+    assert stop.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_cli_unknown_metric_is_one_line(store, capsys):
+    code = compare.main(
+        [str(store["sweep_dir"]), "--no-log", "--metrics", "exact_match,exact_mach"]
+    )
+    assert code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and captured.out == ""
+    assert err.startswith(
+        "compare: --metrics exact_mach: unknown; valid: exact_match, kendall_tau, "
+    )
+    assert "before.exact_match" in err and "delta.quality" in err
+    # the same name with a side is known, and so is val.<m> where jobs have it
+    assert compare.main([str(store["sweep_dir"]), "--no-log", "--metrics", "after.quality"]) == 0
+    code = compare.main([str(store["sweep_dir"]), "--no-log", "--metrics", "val.exact_match"])
+    assert code == 2  # this sweep's summaries have no validation
+
+
+def test_single_seed_rows_print_a_plain_value(tmp_path, capsys):
+    for num, (loss, em) in enumerate((("ppd", 0.25), ("vpd", 0.5))):
+        job = tmp_path / str(num)
+        job.mkdir()
+        summary = {
+            "before": {"exact_match": 0.0},
+            "after": {"exact_match": em},
+            "val": {"exact_match": em / 2},
+            "overrides": [f"loss={loss}", "seed=0"],
+        }
+        (job / "summary.json").write_text(json.dumps(summary))
+    assert (
+        compare.main([str(tmp_path), "--no-log", "--metrics", "exact_match,val.exact_match"]) == 0
+    )
+    rows = [x for x in capsys.readouterr().out.splitlines() if x.startswith("│ ")]
+    assert [r.split("│")[1].strip() for r in rows] == ["vpd", "ppd"]  # ranked, best first
+    assert "±" not in "".join(rows)
+    assert rows[0].split("│")[-3:-1] == ["     * 0.500 ", "         * 0.250 "]
+    assert rows[1].split("│")[-3:-1] == ["       0.250 ", "           0.125 "]
+
+
+def test_best_job_and_objective_names():
+    jobs = [
+        Job("0", {"n": "2"}, "FINISHED", after={"loss": 0.3, "exact_match": 0.5}, val={"x": 1.0}),
+        Job("1", {"n": "4"}, "FINISHED", after={"loss": 0.2, "exact_match": 0.5}, val={"x": 3.0}),
+        Job("2", {"n": "8"}, "FAILED", val={"x": 9.0}),  # unfinished: never the best
+    ]
+    assert [j.name for j in compare.best_job(jobs, "exact_match")] == ["0", "1"]  # a tie
+    assert [j.name for j in compare.best_job(jobs, "loss")] == ["1"]  # lower is better
+    assert [j.name for j in compare.best_job(jobs, "val.x")] == ["1"]
+    assert [j.name for j in compare.best_job(jobs, "val.x", maximize=False)] == ["0"]
+    assert compare.best_job(jobs, "quality") == []
+    assert compare.objective_spec("val/exact_match") == "val.exact_match"
+    assert compare.objective_spec("after/quality") == "quality"
+    assert compare.objective_spec("delta/quality") == "delta.quality"
