@@ -102,6 +102,21 @@ def test_optimized_value():
     assert optimized_value({"before": {}}, "val/exact_match") is None
 
 
+def test_an_unmeasured_optimized_metric_says_why_in_a_sweep_only(capsys):
+    """A single run has no use for the value: it ends without a line about it. In a sweep the
+    line names the cause: no validation at all, or prompts without reference answers."""
+    no_refs = {"val": {"teacher_reward": -1.0, "loss": 0.1}}
+    assert optimized_value(no_refs, "val/exact_match", in_sweep=False) is None
+    assert capsys.readouterr().err == ""
+    assert optimized_value(no_refs, "val/exact_match") is None
+    assert capsys.readouterr().err == (
+        "optimized_metric=val/exact_match: not measured by this run (it needs reference "
+        "answers, which these prompts do not have); measured: loss, teacher_reward\n"
+    )
+    assert optimized_value({"val": {}}, "val/exact_match") is None
+    assert "trainer.val_every_n_epochs" in capsys.readouterr().err
+
+
 def test_bad_optimized_metric_is_one_config_line(tmp_path):
     proc = subprocess.run(
         [

@@ -178,25 +178,37 @@ def _job_in_own_process(cfg: DictConfig, hydra_cfg, sweep: dict, overrides: list
     if code != 0 or not summary.is_file():
         record_failure(sweep["job"], overrides, f"exit status {code} (its error is printed above)")
         return None
-    return optimized_value(json.loads(summary.read_text()), cfg.optimized_metric)
+    return optimized_value(json.loads(summary.read_text()), cfg.optimized_metric)  # in a sweep
 
 
-def optimized_value(summary: dict, name: str | None) -> float | None:
+def optimized_value(summary: dict, name: str | None, in_sweep: bool = True) -> float | None:
     """The summary metric `optimized_metric` names (`val/<metric>`, `after/<metric>`,
     `delta/<metric>`) that the run returns to Hydra: what a sweeper that optimises (Optuna)
-    maximises or minimises. None, with a line on stderr, when the run did not measure it."""
+    maximises or minimises. None when the run did not measure it, with a line on stderr saying
+    why in a sweep (a single run has no use for the value, so it says nothing)."""
     if not name:
         return None
     part, _, metric = str(name).partition("/")
-    value = summary.get(part, {}).get(metric) if isinstance(summary.get(part), dict) else None
-    if value is None:
-        print(
-            f"optimized_metric={name}: not measured by this run (validation runs every "
-            "trainer.val_every_n_epochs epochs; val/* needs one during the fit)",
-            file=sys.stderr,
-        )
-        return None
-    return float(value)
+    measured = summary.get(part) if isinstance(summary.get(part), dict) else {}
+    value = measured.get(metric)
+    if value is None and in_sweep:
+        print(f"optimized_metric={name}: {_not_measured(part, metric, measured)}", file=sys.stderr)
+    return None if value is None else float(value)
+
+
+def _not_measured(part: str, metric: str, measured: dict) -> str:
+    """Why a run has no `<part>/<metric>`: no validation ran, or it ran without that metric."""
+    if not measured:
+        if part == "val":
+            return (
+                "not measured by this run (validation runs every trainer.val_every_n_epochs "
+                "epochs; val/* needs one during the fit)"
+            )
+        return f"not measured by this run (it logged no {part}/* metrics)"
+    why = ""
+    if metric in ("exact_match", "quality"):
+        why = " (it needs reference answers, which these prompts do not have)"
+    return f"not measured by this run{why}; measured: {', '.join(sorted(measured))}"
 
 
 RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # as Lightning reads it
@@ -319,5 +331,7 @@ def _run_job(cfg: DictConfig, held: list) -> float | None:
         return fail(f"error: {where}: {reason} (the MLflow store, logger.tracking_uri)")
     if summary_path is not None:  # global rank 0
         print(summary_path)
-        return optimized_value(json.loads(summary_path.read_text()), cfg.optimized_metric)
+        return optimized_value(
+            json.loads(summary_path.read_text()), cfg.optimized_metric, in_sweep=sweep is not None
+        )
     return None
