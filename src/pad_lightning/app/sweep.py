@@ -230,6 +230,7 @@ class MlflowSweep(Callback):
             absolute_tracking_uri,
             experiment_id,
             naming_overrides,
+            open_store,
             override_key,
             run_tags,
         )
@@ -240,6 +241,7 @@ class MlflowSweep(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = absolute_tracking_uri(str(config.logger.tracking_uri))
         overrides = list(config.hydra.overrides.task)
+        open_store(uri, config.logger.experiment_name)  # a new database: created under its lock
         client = _client(uri)
         exp_id = experiment_id(client, config.logger.experiment_name)
         tags = run_tags(overrides)
