@@ -22,12 +22,14 @@ from pathlib import Path
 from pad_lightning.training.callbacks import PARTS
 
 REPO = Path(__file__).resolve().parents[1]
+CHECK_OFF = "calibration.check.refuse=false"  # a key the ref commit does not know
 CASES = [  # (label, tree, overrides)
     ("n=4 (default)", "ref", []),
     ("n=4 (default)", "this", []),
     ("n=8", "this", ["n=8"]),
     ("n=8 calibration.alpha=0.8", "ref", ["n=8", "calibration.alpha=0.8"]),
-    ("n=8 calibration.alpha=0.8", "this", ["n=8", "calibration.alpha=0.8"]),
+    # the default world's judge is at chance: this tree refuses it at start-up unless told
+    ("n=8 calibration.alpha=0.8", "this", ["n=8", "calibration.alpha=0.8", CHECK_OFF]),
 ]
 
 

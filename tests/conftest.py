@@ -24,6 +24,8 @@ SINGLE_THREAD_MODULES = {
     "test_chat",
     "test_scoring",
     "test_judge",
+    "test_judge_check",
+    "test_calibration",
     "test_rollout",
     "test_agreement",
     "test_loading",

@@ -148,6 +148,11 @@ def test_run_folder_is_owned_by_one_live_process(tmp_path):
     with pytest.raises(ConfigError, match="already holds a run .summary.json.; continue it with"):
         claim_run_folder(finished, resuming=False)
     assert sorted(os.listdir(finished)) == ["summary.json"]
+    # a new run's folder that does not exist yet (named by output_dir=) is created, then locked
+    fresh = tmp_path / "not" / "yet"
+    lock = claim_run_folder(fresh, resuming=False)
+    assert (fresh / "run.lock").read_text().strip() == str(os.getpid())
+    lock.release()
 
 
 def test_run_logger_holds_metrics_until_commit_and_sets_status(tmp_path):

@@ -108,6 +108,47 @@ def test_zoo_build_output_is_whole_when_piped(smoke_run):
     assert "judge pairs (dq>=0.2)" in proc.stdout and "judge top-1 of 4" in proc.stdout
 
 
+def test_the_judge_check_runs_before_training_and_is_logged(smoke_run):
+    """experiment=smoke calibrates (alpha 0.8) with calibration.check.refuse=false: the check
+    prints its line before training and logs its numbers under judge/."""
+    tmp, proc = smoke_run
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("judge check ("))
+    assert line.startswith("judge check (teacher judge, 8 validation prompts x 4, ")
+    assert "accuracy " in line and "order agreement " in line
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    client = _client(tmp)
+    run_ = client.get_run(summary["mlflow_run_id"])
+    metrics, params = run_.data.metrics, run_.data.params
+    assert metrics["judge/agreement_pairs"] > 0
+    for key in ("accuracy", "agreement"):  # the micro student's samples may grade no pair
+        if metrics[f"judge/{key}_pairs"]:
+            low, high = metrics[f"judge/{key}_low"], metrics[f"judge/{key}_high"]
+            assert low <= metrics[f"judge/{key}"] <= high
+    assert _steps(client, run_.info.run_id, "judge/agreement") == [0]
+    verdict = "at chance (trained anyway)" if metrics["judge/at_chance"] else "above chance"
+    assert params["judge/verdict"] == verdict and params["judge/check_prompts"] == "8"
+
+
+def test_a_synthetic_judge_without_reference_answers_stops_at_start(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in "abcdef"))
+    proc = run(
+        tmp_path,
+        "calibration.judge=synthetic",
+        "data=jsonl",
+        f"data.path={prompts}",
+        "data.val_size=2",
+        "data.test_size=2",
+        check=False,
+    )
+    last = proc.stderr.strip().splitlines()[-1]  # (after the datasets library's progress)
+    assert proc.returncode != 0
+    assert last.startswith("config error: calibration.judge=synthetic: draws its answers")
+    assert "train prompts of data=jsonl have none" in last
+    zoo = tmp_path / "cache" / "zoo"  # (made by the config check, which tests it is writable)
+    assert not zoo.exists() or not any(zoo.iterdir())  # refused before any model was built
+
+
 def _steps(client, run_id: str, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, key)]
 
@@ -465,6 +506,9 @@ def test_self_teacher_control_is_one_override(tmp_path):
         ("strategy=fsdp trainer.accelerator=cpu strategy.cpu_offload=true", "strategy.cpu_offload"),
         ("strategy=zero3", "strategy"),
         ("trainer.strategy=ddp", "trainer.strategy"),
+        ("calibration.judge=oracle", "calibration.judge"),
+        ("calibration.synthetic.accuracy=0.3", "calibration.synthetic.accuracy"),
+        ("calibration.check.refuse=maybe", "calibration.check.refuse"),
     ],
 )
 def test_bad_config_stops_at_start_with_one_line(tmp_path, override, key):

@@ -1,5 +1,6 @@
 """The study world: the teacher's documented flaw, judge training on both option orders and the
-student's samples, the judge report, option templates, and the study command's smoke version."""
+student's samples, the judge report, option templates, and the study command's smoke versions
+(the quick study; the judge and tuning sections)."""
 
 from __future__ import annotations
 
@@ -134,13 +135,12 @@ def test_a_micro_study_zoo_builds_student_first_and_reports_its_judge(tmp_path):
     assert plain.key() != cfg.key()
 
 
-@pytest.mark.slow
-def test_study_smoke_runs_every_method_and_writes_a_report(tmp_path):
+def run_study(tmp_path, *extra: str, quick: bool = True) -> None:
     proc = subprocess.run(
         [
             sys.executable,
             str(REPO / "experiments" / "study.py"),
-            "--quick",
+            *(["--quick"] if quick else []),
             "--preset",
             "smoke",
             "--epochs",
@@ -151,6 +151,7 @@ def test_study_smoke_runs_every_method_and_writes_a_report(tmp_path):
             str(tmp_path / "study"),
             "--tracking-uri",
             f"sqlite:///{tmp_path}/mlflow.db",
+            *extra,
         ],
         cwd=tmp_path,
         env=subprocess_env(tmp_path),
@@ -159,6 +160,11 @@ def test_study_smoke_runs_every_method_and_writes_a_report(tmp_path):
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_study_smoke_runs_every_method_and_writes_a_report(tmp_path):
+    run_study(tmp_path)
     report = (tmp_path / "study" / "report.md").read_text()
     for label in ("PPD (jsd)", "DPO", "SimPO", "DPO-PL", "LiPO", "GKD", "seqKD", "gold SFT"):
         assert f"| {label} | 1 |" in report, label
@@ -180,3 +186,63 @@ def test_study_smoke_runs_every_method_and_writes_a_report(tmp_path):
         f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'",
     )
     assert len(children) == len(runs)
+    # the per-prompt scores the intervals come from: one row per run, and the report derived
+    # again from them alone (--report-only evaluates nothing: the same report, to its timing)
+    saved = json.loads((tmp_path / "study" / "per_prompt.json").read_text())
+    assert len(saved["runs"]) == len(runs) and len(saved["test"]["flaw"]) == 512
+    assert all(len(r["exact_match"]) == 512 for r in saved["runs"].values())
+    run_study(tmp_path, "--report-only")
+
+    def body(text: str) -> list[str]:
+        return [x for x in text.splitlines() if not x.startswith(("Command:", "Wall clock:"))]
+
+    assert body((tmp_path / "study" / "report.md").read_text()) == body(report)
+
+
+@pytest.mark.slow
+def test_study_smoke_judge_and_tuning_sections(tmp_path):
+    """The judge section (a shared control and the synthetic judge at two accuracies, its judge
+    check metrics read back from MLflow) and the tuning section (validation prompts only, the
+    untrained student beside it), derived again by --report-only."""
+    sections = (
+        "--sections",
+        "judge,tuning",
+        "--seeds",
+        "1",
+        "--no-probe",
+        "--judge-accuracies",
+        "0.55,1.0",
+        "--tune-methods",
+        "PPD (jsd),GKD",
+        "--tune-lrs",
+        "0.001,0.01",
+    )
+    run_study(tmp_path, *sections, quick=False)
+    out = tmp_path / "study"
+    report = (out / "report.md").read_text()
+    assert "### judge: calibration against judge accuracy" in report
+    assert "| 0.55 | 1 |" in report and "| 1 | 1 |" in report
+    assert "- (b''') calibration helps when the judge is good" in report
+    assert "| no training | - | - |" in report
+    for method in ("PPD (jsd)", "GKD"):
+        row = next(x for x in report.splitlines() if x.startswith(f"| {method} | "))
+        assert row.split(" | ")[3] in ("0.001", "0.01"), row  # the picked lr
+    assert (out / "judge.png").is_file() and (out / "tuning.png").is_file()
+    saved = json.loads((out / "per_prompt.json").read_text())
+    assert len(saved["runs"]) == 3 + 4 and len(saved["validation"]["prompts"]) == 512
+    assert not set(saved["validation"]["prompts"]) & set(saved["test"]["prompts"])
+    for run in saved["runs"].values():
+        if " lr=" in run["label"]:  # tuning: validation prompts only
+            assert len(run["val_exact_match"]) == 512 and "exact_match" not in run
+        else:
+            assert len(run["exact_match"]) == 512 and "val_exact_match" not in run
+        if run["label"].startswith("synthetic judge"):  # the judge check, from MLflow
+            assert "judge/at_chance" in run["judge"]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["tuning"]["methods"]) == {"PPD (jsd)", "GKD"}
+    run_study(tmp_path, *sections, "--report-only", quick=False)
+
+    def body(text: str) -> list[str]:
+        return [x for x in text.splitlines() if not x.startswith(("Command:", "Wall clock:"))]
+
+    assert body((out / "report.md").read_text()) == body(report)

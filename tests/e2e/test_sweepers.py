@@ -52,13 +52,14 @@ def test_optuna_sweep_of_three_trials(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, sweep, parent, children = _family(tmp_path)
     assert parent.info.status == "FINISHED"
-    assert parent.info.run_name.startswith(
-        "sweep: optuna(calibration.alpha, loss.beta_teacher, trainer.optim.lr, n)"
-    )
+    assert parent.info.run_name.startswith("sweep: optuna(loss.beta_teacher, trainer.optim.lr, n)")
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     # each trial drew its own point of the search space and returned its last validation EM
-    alphas = {c.data.params["calibration.alpha"] for c in children}
-    assert len(alphas) == 3
+    points = {
+        tuple(c.data.params[k] for k in ("loss.beta_teacher", "trainer.optim.lr", "n"))
+        for c in children
+    }
+    assert len(points) == 3
     values = {}
     for summary_file in sweep.glob("*/summary.json"):
         summary = json.loads(summary_file.read_text())
@@ -67,7 +68,6 @@ def test_optuna_sweep_of_three_trials(tmp_path):
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(max(values.values()))
     assert set(results["best_params"]) == {
-        "calibration.alpha",
         "loss.beta_teacher",
         "trainer.optim.lr",
         "n",

@@ -1,10 +1,13 @@
 """One PAD experiment as named phases, each a function below:
 
-    prepare -> build -> build_trainer -> evaluate_before -> fit -> evaluate_after -> finish
+    prepare -> check_judge -> build -> build_trainer -> evaluate_before -> fit -> evaluate_after
+    -> finish
 
-`prepare` reads the data and the models and checks what needs them (no run exists yet); `build`
-makes the LightningModule, the DataModule and the MLflow run; the rest run inside the run's
-status bookkeeping (RUNNING, then FINISHED, KILLED or FAILED in run_state.json and MLflow).
+`prepare` reads the data and the models and checks what needs them (no run exists yet);
+`check_judge` measures the MCQ judge of a run that trains on calibrated scores and refuses one at
+chance (still no run: a refused run leaves no MLflow run); `build` makes the LightningModule, the
+DataModule and the MLflow run; the rest run inside the run's status bookkeeping (RUNNING, then
+FINISHED, KILLED or FAILED in run_state.json and MLflow).
 Importing this module changes no logging: `quiet_libraries` does, when a run starts.
 """
 
@@ -14,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -59,6 +63,7 @@ from pad_lightning.training.checkpoints import (
 )
 from pad_lightning.training.datamodule import RolloutConfig, RolloutDataModule
 from pad_lightning.training.evaluation import EvalConfig
+from pad_lightning.training.judge_check import JudgeReport, measure_judge
 from pad_lightning.training.module import PADModule, resolve_inference_dtype
 from pad_lightning.training.objectives import LossConfig, objective
 from pad_lightning.training.progress import RunProgress, quiet_libraries
@@ -101,6 +106,9 @@ def _configs(cfg: DictConfig) -> tuple:
         debias=cal.debias,
         template=cal.template,
         option_template=cal.option_template,
+        judge=cal.judge,
+        synthetic=cal.synthetic,
+        seed=run.seed,
     )
     # iterative: n / k rounds per epoch of k fresh samples each; split: one rollout of n
     per_round = run.responses_per_round()
@@ -136,6 +144,7 @@ class Inputs:
     teacher: torch.nn.Module
     teacher_tokenizer: object
     ckpt_path: Path | None
+    judge: JudgeReport | None = None  # what `check_judge` measured (None: no check ran)
 
 
 @dataclass
@@ -152,6 +161,7 @@ class Run:
     is_zero: bool
     started: float = field(default_factory=time.perf_counter)
     rollout_logger: RolloutLogger | None = None
+    judge: JudgeReport | None = None  # the judge check's numbers (None: no check ran)
 
     def set_status(self, status: str) -> None:
         self.state["status"] = status
@@ -180,6 +190,7 @@ def run_experiment(
     """
     quiet_libraries()
     inputs = prepare(cfg, resuming=state is not None)
+    inputs.judge = check_judge(cfg, inputs, resuming=state is not None)
     run = build(cfg, inputs, overrides, state, sweep)
     run.set_status("RUNNING")
     if run.is_zero:  # a sweep prints how to open its runs once, at its start
@@ -229,9 +240,10 @@ def prepare(cfg: DictConfig, resuming: bool) -> Inputs:
     # the token-length filter of prompt sets (toy tasks have none)
     needs_tokenizer = cfg.data.name != "toy" and cfg.data.max_prompt_tokens is not None
     if needs_tokenizer:
-        build_problems(_without_token_filter(cfg.data), log=lambda _: None)
+        train, val, test = build_problems(_without_token_filter(cfg.data), log=lambda _: None)
     else:
         train, val, test = build_problems(cfg.data)
+    _check_judge_references(cfg, {"train": train, "val": val, "test": test})
     ckpt_path = pick_resume_checkpoint(run_dir) if resuming else None
     if ckpt_path is not None:
         check_epochs(ckpt_path, cfg.trainer.max_epochs)
@@ -248,6 +260,64 @@ def prepare(cfg: DictConfig, resuming: bool) -> Inputs:
     # must not depend on whether its models were cached.
     L.seed_everything(cfg.seed, verbose=False)
     return Inputs(train, val, test, student, tok_s, teacher, tok_t, ckpt_path)
+
+
+def check_judge(cfg: DictConfig, inputs: Inputs, resuming: bool) -> JudgeReport | None:
+    """Measure the MCQ judge before training (`training.judge_check`), in a run whose objective
+    trains on calibrated scores (calibration.alpha > 0) and whose `calibration.check.prompts` is
+    not 0; a new run only (a resumed one was checked when it started).
+
+    An at-chance judge is refused with one ConfigError line saying what was measured, why and
+    how to override, before the MLflow run exists: a refused run leaves no MLflow run, only the
+    run folder with its config (as any start-up refusal). Otherwise the numbers are printed in
+    one line and logged to the run under judge/ (`build_trainer`, `evaluate_before`).
+
+    The models are moved to the device the run will use (one GPU when the trainer has one,
+    this rank's under DDP) for the check and back: the whole student and teacher must fit on it
+    (under FSDP of models larger than one device, set calibration.check.prompts=0)."""
+    group = RunConfig.of(cfg).calibration
+    sampling, cal, rollout, _, _ = _configs(cfg)
+    needs_scores = "teacher_scores" in objective(cfg.loss.name).needs
+    problems = inputs.val or inputs.train
+    if resuming or not cal.asks() or not needs_scores or not group.check.prompts or not problems:
+        return None
+    device = _check_device(cfg)
+    home = {m: next(m.parameters()).device for m in (inputs.student, inputs.teacher)}
+    for model in home:
+        model.to(device)
+    try:
+        report = measure_judge(
+            inputs.student,
+            inputs.student_tokenizer,
+            inputs.teacher,
+            inputs.teacher_tokenizer,
+            problems,
+            rollout.n,
+            sampling,
+            cal,
+            group.check,
+            rollout.max_tokens,
+            resolve_inference_dtype(cfg.trainer.inference_dtype, device.type),
+        )
+    finally:
+        for model, where in home.items():
+            model.to(where)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if report.at_chance() and group.check.refuse:
+        raise ConfigError(report.refusal(cal.alpha))
+    if rank_zero_only.rank == 0:
+        console.print(report.line(), soft_wrap=True, highlight=False)
+    return report
+
+
+def _check_device(cfg: DictConfig) -> torch.device:
+    """The device the judge check runs on: this rank's GPU when the trainer will use GPUs (as
+    Lightning places a single-device or DDP run), else the CPU."""
+    accelerator = str(cfg.trainer.accelerator)
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def build(
@@ -311,6 +381,7 @@ def build(
         datamodule,
         logger,
         is_zero=rank_zero_only.rank == 0,
+        judge=inputs.judge,
     )
 
 
@@ -320,6 +391,8 @@ def build_trainer(run: Run, progress: RunProgress) -> L.Trainer:
     if run.is_zero and not run.resuming:
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
         logger.log_hyperparams(parameter_counts(run.module.student, run.module.teacher))
+        if run.judge is not None:
+            logger.log_hyperparams(run.judge.params())
         log_datasets(logger, cfg.data, datamodule)
         (run.dir / "overrides.yaml").write_text("\n".join(run.state["overrides"]) + "\n")
         for name in ("config.yaml", "overrides.yaml"):
@@ -374,6 +447,8 @@ def evaluate_before(run: Run, trainer: L.Trainer) -> dict[str, float]:
         before = _test(trainer, run.module, run.datamodule)
         if run.is_zero:
             write_atomic(before_file, json.dumps(before, indent=2))
+        if run.is_zero and run.judge is not None:  # after test/* (see above); a new run only
+            run.logger.log_metrics(run.judge.metrics(), step=0)
     run.logger.start_system_metrics(resume=run.resuming)
     if not run.resuming and run.cfg.trainer.val_every_n_epochs and run.datamodule.val_problems:
         with interrupts.in_trainer():
@@ -512,7 +587,7 @@ def _without_token_filter(data_cfg: DictConfig) -> DictConfig:
 def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
     """Calibration needs one distinct token per option letter in the teacher's tokenizer."""
     cal = cfg.calibration
-    if cal.name != "mcq" or cal.alpha == 0:
+    if cal.name != "mcq" or cal.alpha == 0 or cal.judge == "synthetic":  # synthetic: no letters
         return
     k = 2 if cal.mode == "pairwise" else RunConfig.of(cfg).responses_per_round()
     try:
@@ -522,6 +597,23 @@ def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
         option_token_ids(teacher_tokenizer, k, context)
     except ValueError as err:
         raise ConfigError(f"calibration.mode={cal.mode}: {err}") from None
+
+
+def _check_judge_references(cfg: DictConfig, splits: dict[str, list]) -> None:
+    """The synthetic judge answers from the true quality q against reference answers: refused
+    at start-up when a prompt of any split has none (prompt sets never do)."""
+    cal = cfg.calibration
+    if not (cal.name == "mcq" and cal.alpha > 0 and cal.judge == "synthetic"):
+        return
+    for split, problems in splits.items():
+        missing = sum(1 for p in problems if getattr(p, "reference", None) is None)
+        if missing:
+            raise ConfigError(
+                f"calibration.judge=synthetic: draws its answers from the true quality of the "
+                f"responses against reference answers, but {missing} of {len(problems)} {split} "
+                f"prompts of data={cfg.data.name} have none (prompt sets never do); use "
+                "data=toy or calibration.judge=teacher"
+            )
 
 
 def _nesting(cfg: DictConfig, sweep: dict | None) -> dict | None:

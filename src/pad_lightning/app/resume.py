@@ -62,6 +62,7 @@ def claim_run_folder(run_dir: Path, resuming: bool) -> FileLock:
     if found and not (run_dir / RUN_LOCK).exists():  # refused without touching the folder
         raise ConfigError(occupied.format(found))
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)  # a folder named by output_dir= may not exist
         lock = try_lock(run_dir / RUN_LOCK)
     except OSError as err:
         raise ConfigError(

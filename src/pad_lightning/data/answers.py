@@ -44,4 +44,11 @@ def quality_matrix(texts: list[list[str]], problems: list) -> torch.Tensor | Non
     refs = [getattr(p, "reference", None) for p in problems]
     if any(r is None for r in refs):
         return None
-    return torch.tensor([[quality(y, r) for y in g] for g, r in zip(texts, refs, strict=True)])
+    return reference_quality(texts, refs)
+
+
+def reference_quality(texts: list[list[str]], references: list[str]) -> torch.Tensor:
+    """q(y, reference) of every response of every prompt, [P, n] (`tasks.quality`)."""
+    return torch.tensor(
+        [[quality(y, r) for y in g] for g, r in zip(texts, references, strict=True)]
+    )

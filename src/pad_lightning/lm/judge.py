@@ -105,28 +105,24 @@ def option_log_probs(
     return out
 
 
-def selection_log_probs(
+def question_log_probs(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     questions: list,
     responses: list[list[str]],
-    mode: str = "pairwise",
-    debias: bool = True,
+    orders: list[tuple[int, ...]],
     template: str = DEFAULT_TEMPLATE,
     max_tokens: int = 16384,
     autocast_dtype: torch.dtype | None = None,
     option_template: str = DEFAULT_OPTION_TEMPLATE,
 ) -> tuple[torch.Tensor, int]:
-    """log p_sel of every response, [P, n], and the number of teacher tokens processed.
+    """The judge's option log-probabilities [P, Q, k] on the option `orders` of every prompt's
+    responses, and the number of teacher tokens processed.
 
-    All MCQs of all prompts go through the teacher in a few padded passes. Questions whose
-    options are all the same text are not asked, with or without `debias`: their answer is
-    uniform by symmetry (exact under debiasing, and free of the position bias it would otherwise
-    measure). p_sel is formed in log space from the option log-probabilities (log-sum-exp), so a
-    confident judge's small probabilities keep full float32 precision.
+    All MCQs of all prompts go through the model in a few padded passes. Questions whose
+    options are all the same text are not asked: their answer is uniform, log(1 / k) each, by
+    symmetry (exact under debiasing, and free of the position bias it would otherwise measure).
     """
-    n = len(responses[0])
-    orders = questions_for(mode, n, debias)
     k = len(orders[0])
     encoded, index, first_text = [], [], ""
     for p, (question, group) in enumerate(zip(questions, responses, strict=True)):
@@ -150,5 +146,39 @@ def selection_log_probs(
         )
         rows, cols = zip(*index, strict=True)
         option_logp[list(rows), list(cols)] = logp
+    return option_logp, sum(len(e) for e in encoded)
+
+
+def selection_log_probs(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list,
+    responses: list[list[str]],
+    mode: str = "pairwise",
+    debias: bool = True,
+    template: str = DEFAULT_TEMPLATE,
+    max_tokens: int = 16384,
+    autocast_dtype: torch.dtype | None = None,
+    option_template: str = DEFAULT_OPTION_TEMPLATE,
+) -> tuple[torch.Tensor, int]:
+    """log p_sel of every response, [P, n], and the number of teacher tokens processed.
+
+    The questions of `mode` and `debias` (`questions_for`) are asked by `question_log_probs`;
+    p_sel is formed in log space from the option log-probabilities (`log_selection`,
+    log-sum-exp), so a confident judge's small probabilities keep full float32 precision.
+    """
+    n = len(responses[0])
+    orders = questions_for(mode, n, debias)
+    option_logp, tokens = question_log_probs(
+        model,
+        tokenizer,
+        questions,
+        responses,
+        orders,
+        template,
+        max_tokens,
+        autocast_dtype,
+        option_template,
+    )
     log_p_sel = log_selection(option_logp, orders, mode, n, debias)
-    return log_p_sel.clamp_min(LOG_P_FLOOR), sum(len(e) for e in encoded)
+    return log_p_sel.clamp_min(LOG_P_FLOOR), tokens

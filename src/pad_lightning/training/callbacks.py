@@ -11,6 +11,7 @@ import torch
 from pad_lightning.data.answers import quality_matrix
 from pad_lightning.lm.chat import pad_id
 from pad_lightning.lm.scoring import score_pairs
+from pad_lightning.runtime.memory import release_free_heap
 from pad_lightning.training.datamodule import combine_rounds
 
 
@@ -245,6 +246,7 @@ class RolloutLogger(L.Callback):
             with pl_module.gathered():
                 if trainer.is_global_zero:
                     self._log_table(trainer, epoch)
+        release_free_heap()  # the epoch's freed tensors leave the resident set (runtime.memory)
         if not trainer.is_global_zero:
             return
         if trainer.logger is not None:

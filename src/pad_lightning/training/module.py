@@ -128,9 +128,10 @@ class PADModule(L.LightningModule):
         return self
 
     def extras(self, references: list | None = None) -> Extras:
-        """What this run's rollouts must provide besides the student's samples."""
-        gold = "gold" in self.objective.needs
-        return Extras(self.objective.needs, self.reference, references if gold else None)
+        """What this run's rollouts must provide besides the student's samples: the reference
+        answers go to gold targets and to the synthetic judge."""
+        keep = "gold" in self.objective.needs or self.eval_cfg.calibration.needs_references()
+        return Extras(self.objective.needs, self.reference, references if keep else None)
 
     def batch(self, roll: Rollout, indices: list[int]) -> dict:
         """The batch of prompts `indices` of a rollout, with what the objective needs."""

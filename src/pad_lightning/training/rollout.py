@@ -11,25 +11,12 @@ from transformers import PreTrainedTokenizerBase
 
 from pad_lightning.lm.chat import EncodedPair, encode_pairs, pad_id, same_tokenizer
 from pad_lightning.lm.generation import SamplingConfig, generate
-from pad_lightning.lm.judge import DEFAULT_OPTION_TEMPLATE, DEFAULT_TEMPLATE, selection_log_probs
 from pad_lightning.lm.scoring import score_pairs
 from pad_lightning.ranking.selection import mix
 from pad_lightning.runtime.errors import TrainingDiverged
 from pad_lightning.runtime.nonfinite import describe_nonfinite
+from pad_lightning.training.calibration import CalibrationConfig, selection
 from pad_lightning.training.progress import phase
-
-
-@dataclass
-class CalibrationConfig:
-    """`name`: none | mcq. `alpha` weights log p_sel (paper formula); `mode`: pairwise | listwise;
-    `debias` asks both orders (pairwise) or every cyclic rotation (listwise) and averages."""
-
-    name: str = "mcq"
-    alpha: float = 0.8
-    mode: str = "pairwise"
-    debias: bool = True
-    template: str = DEFAULT_TEMPLATE
-    option_template: str = DEFAULT_OPTION_TEMPLATE
 
 
 @dataclass
@@ -54,7 +41,8 @@ class Rollout:
 class Extras:
     """What a rollout provides beyond the student's samples, by the objective's needs
     (`objectives.NEEDS`): the frozen `reference` model for reference log-probs, and the
-    `references` (gold answers) of the prompts for gold targets."""
+    `references` (gold answers) of the prompts for gold targets and for the synthetic judge
+    (`calibration.judge=synthetic`, which answers from their true quality q)."""
 
     needs: frozenset[str] = frozenset({"teacher_scores"})
     reference: torch.nn.Module | None = None
@@ -116,6 +104,7 @@ def collect(
             calibration,
             max_tokens,
             autocast_dtype,
+            (extras or Extras()).references,
         )
     if "reference" in needs:
         started = time.perf_counter()
@@ -156,8 +145,10 @@ def _teacher_scores(
     calibration: CalibrationConfig,
     max_tokens: int,
     autocast_dtype: torch.dtype | None,
+    references: list | None = None,
 ) -> None:
-    """Score the rollout's samples with the frozen teacher and calibrate (in place)."""
+    """Score the rollout's samples with the frozen teacher and calibrate (in place); the
+    synthetic judge reads the prompts' `references`."""
     prompts, seconds, tokens = roll.prompts, roll.seconds, roll.tokens
     n = roll.lengths.shape[1]
     started = time.perf_counter()
@@ -178,21 +169,19 @@ def _teacher_scores(
 
     log_p_sel = None
     scores = rewards
-    if calibration.name == "mcq" and calibration.alpha > 0:  # alpha = 0: t = r_T exactly
+    if calibration.asks():  # alpha = 0: t = r_T exactly
         started = time.perf_counter()
-        questions = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-        with phase("calibration (teacher MCQ)"):
-            log_p_sel, tokens["calibration"] = selection_log_probs(
+        judge = "teacher MCQ" if calibration.judge == "teacher" else "synthetic judge"
+        with phase(f"calibration ({judge})"):
+            log_p_sel, tokens["calibration"] = selection(
+                calibration,
                 teacher,
                 teacher_tokenizer,
-                questions,
+                prompts,
                 roll.texts,
-                calibration.mode,
-                calibration.debias,
-                calibration.template,
+                references,
                 max_tokens,
                 autocast_dtype,
-                calibration.option_template,
             )
         scores = mix(rewards, log_p_sel, calibration.alpha)
         seconds["calibration"] = time.perf_counter() - started

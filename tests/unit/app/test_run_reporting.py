@@ -68,18 +68,24 @@ def test_epoch_time_plot_draws_the_epochs_not_the_run_totals(tmp_path):
 
 
 def test_system_metrics_start_after_the_test_before_training(monkeypatch, tmp_path):
-    """MLflow's compare view colours by a run's first metric: the test comes first."""
+    """MLflow's compare view colours by a run's first metric: the test comes first, then the
+    judge check's numbers (measured before the run existed), then the system metrics."""
     calls = []
-    logger = SimpleNamespace(start_system_metrics=lambda resume: calls.append("system metrics"))
+    logger = SimpleNamespace(
+        start_system_metrics=lambda resume: calls.append("system metrics"),
+        log_metrics=lambda metrics, step: calls.append(f"{min(metrics)} at {step}"),
+    )
     cfg = OmegaConf.create({"trainer": {"val_every_n_epochs": 0}})
+    judge = SimpleNamespace(metrics=lambda: {"judge/agreement": 0.8, "judge/at_chance": 0.0})
     run = SimpleNamespace(
         dir=tmp_path,
         resuming=False,
-        is_zero=False,
+        is_zero=True,
         logger=logger,
         module=None,
         datamodule=None,
         cfg=cfg,
+        judge=judge,
     )
 
     def test(trainer, module, datamodule):
@@ -88,7 +94,7 @@ def test_system_metrics_start_after_the_test_before_training(monkeypatch, tmp_pa
 
     monkeypatch.setattr(experiment, "_test", test)
     assert experiment.evaluate_before(run, trainer=None) == {"exact_match": 0.5}
-    assert calls == ["test/exact_match", "system metrics"]
+    assert calls == ["test/exact_match", "judge/agreement at 0", "system metrics"]
 
 
 def test_each_job_of_a_sweep_has_its_own_colour():

@@ -97,7 +97,7 @@ class RunConfig:
             )
         self.loss.check()
         self.decomposition.check(self.n, self.loss.name, self.loss.divergence)
-        self.calibration.check(listed=self.responses_per_round())
+        self.calibration.check_keys(listed=self.responses_per_round())
         self.trainer.check()
         fsdp = self.strategy.name == "fsdp"
         lora = lora_rank(self.model) if fsdp and self.model is not None else 0
