@@ -305,10 +305,12 @@ def run_job(job: Job, args, parent_id: str, epochs: int, threads: int) -> Job:
 def greedy_scores(model_dir: Path, problems: list, max_new_tokens: int) -> dict[str, list[float]]:
     """Exact match and quality of the model's greedy answer to each problem."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from pad_lightning.data.tasks import exact_match, quality
     from pad_lightning.lm.generation import SamplingConfig, generate
 
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per evaluated student otherwise
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
     gens = generate(
@@ -1337,6 +1339,12 @@ def main() -> int:
         "(0.55,0.7,0.85,1.0)",
     )
     parser.add_argument(
+        "--methods",
+        default=None,
+        help="methods section: comma list of its labels to train (all; the untrained student "
+        "and the teacher are always reported)",
+    )
+    parser.add_argument(
         "--tune-methods",
         default=None,
         help="tuning section: comma list of methods-section labels (every trained method but "
@@ -1385,6 +1393,14 @@ def main() -> int:
         if unknown:
             sys.exit(f"study: --sections {unknown}: valid: {', '.join(every)}")
         chosen = {k: v for k, v in every.items() if k in wanted}
+    if args.methods:
+        labels = [c.label for c in every["methods"]]
+        picked = args.methods.split(",")
+        unknown = [m for m in picked if m not in labels]
+        if unknown:
+            sys.exit(f"study: --methods {unknown}: valid: {', '.join(labels)}")
+        if "methods" in chosen:
+            chosen["methods"] = [c for c in chosen["methods"] if c.label in picked]
     if args.tuned:
         if "methods" not in chosen:
             sys.exit("study: --tuned trains the methods section at the picked lrs: add methods")

@@ -5,11 +5,11 @@ epoch. glibc raises its mmap threshold each time a large mapped block is freed, 
 first epoch these tensors come from the brk heap, where the small objects that outlive an epoch
 pin the pages around them: freed memory stays resident, and the process's resident memory (and
 its peak) creeps up epoch after epoch. `release_free_heap` asks glibc (`malloc_trim(0)`) to
-return every whole free page of the heap to the system; called once an epoch it costs milliseconds
-and bounds that creep (measured with MCQ calibration on the default toy world:
-docs/performance.md, "Memory over a long run"). Fixing the thresholds instead
-(`MALLOC_MMAP_THRESHOLD_`) also bounds it, but makes each large tensor its own mapping and the
-epochs about twice as slow. Elsewhere (macOS, musl, Windows) this is a no-op.
+return every whole free page of the heap to the system; called once an epoch it costs
+milliseconds and lowers the resident level and much of its creep (the peak still grows by a few
+MB an epoch of native memory outside the heap's free pages: docs/performance.md, "Memory over a
+long run"). Fixing the thresholds instead (`MALLOC_MMAP_THRESHOLD_`) also limits it, but makes
+each large tensor its own mapping and the epochs about twice as slow. Elsewhere (macOS, musl, Windows) this is a no-op.
 """
 
 from __future__ import annotations
