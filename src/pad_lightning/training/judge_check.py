@@ -118,9 +118,11 @@ class JudgeReport:
         )
 
     def metrics(self) -> dict[str, float]:
-        """MLflow metrics under judge/: each rate, its interval and its number of pairs."""
-        out = {"judge/at_chance": float(self.at_chance()), "judge/seconds": self.seconds}
-        out["judge/tokens"] = float(self.tokens)
+        """MLflow metrics under judge/: each rate, its interval and its number of pairs; its cost
+        under system/run/ with the run's other totals (system/time/ holds per-epoch parts only)."""
+        out = {"judge/at_chance": float(self.at_chance())}
+        out["system/run/judge_check_s"] = self.seconds
+        out["system/run/judge_check_tokens"] = float(self.tokens)
         rates = {"agreement": self.agreement, "accuracy": self.accuracy}
         for name, rate in rates.items():
             if rate is None:

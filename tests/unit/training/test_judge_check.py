@@ -115,7 +115,12 @@ def test_metrics_and_params_carry_the_numbers_and_the_verdict():
     assert metrics["judge/agreement_pairs"] == report.agreement.trials
     assert metrics["judge/at_chance"] == 0.0
     assert report.params()["judge/verdict"] == "above chance"
-    assert all(k.startswith("judge/") for k in (*metrics, *report.params()))
+    # its cost is a run total (system/run/): system/time/ holds per-epoch parts, which the
+    # epoch-time figure stacks
+    assert metrics["system/run/judge_check_s"] == report.seconds
+    assert metrics["system/run/judge_check_tokens"] == report.tokens
+    assert all(k.startswith(("judge/", "system/run/")) for k in metrics)
+    assert all(k.startswith("judge/") for k in report.params())
 
 
 def test_measure_judge_samples_from_its_own_stream(tok, model, teacher):
