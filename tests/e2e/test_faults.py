@@ -318,6 +318,24 @@ def test_prompt_longer_than_the_model_positions_is_refused_by_line(main_in_proce
     assert "rollout.max_new_tokens=8" in line and "data.max_prompt_tokens=504" in line
 
 
+def test_judge_question_longer_than_the_teacher_positions_is_refused(main_in_process, world):
+    """A 480-character prompt fits the 512 positions with a response of 8 tokens, but the
+    teacher's listwise MCQ restates it with n = 4 responses of up to 8 tokens: over 512."""
+    short = "".join(json.dumps({"prompt": f"what is {i} + {i}?"}) + "\n" for i in range(12))
+    path = _data(world, "long-question.jsonl", short + json.dumps({"prompt": "y" * 480}) + "\n")
+    base = ("data=jsonl", f"data.path={path}", "data.val_size=2", "data.test_size=2")
+    line = assert_refused(
+        main_in_process(*base, "calibration.alpha=0.5", "calibration.mode=listwise", "n=4"),
+        "config error: ",
+        "calibration.mode=listwise",
+        f"{path} line 13",
+        "rollout.max_new_tokens=8",
+        "512 positions",
+        "calibration.mode=pairwise",
+    )
+    assert "4 responses" in line
+
+
 # -- model folders --------------------------------------------------------------------------------
 
 
@@ -666,6 +684,34 @@ def test_interrupted_zoo_build_caches_nothing_and_says_so(world, tmp_path, sig, 
     assert last_line(err).startswith(f"stopped by {sig.name} before the first checkpoint"), err
     assert "Detected KeyboardInterrupt" not in err
     assert list(zoo.iterdir()) == []  # no entry, no staging folder
+
+
+def test_zoo_build_killed_outright_leaves_a_folder_the_next_build_removes(world, tmp_path):
+    """SIGKILL cannot be caught: the staging folder stays, named after the dead process, and the
+    next build's sweep (run first by every build) removes it."""
+    from pad_lightning.zoo.staging import owner, sweep_stale
+
+    zoo = tmp_path / "cache" / "zoo"
+    proc = subprocess.Popen(
+        cmd(world, f"hydra.run.dir={tmp_path / 'run'}"),
+        cwd=world,
+        env=dict(subprocess_env(world), PAD_LIGHTNING_CACHE=str(tmp_path / "cache")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not list(zoo.glob(".building-*")) and time.time() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    left = list(zoo.glob(".building-*"))
+    assert len(left) == 1 and owner(left[0])[0] == proc.pid
+    assert sweep_stale(zoo) == left
+    assert list(zoo.iterdir()) == []
 
 
 # -- concurrent runs --------------------------------------------------------------------------------

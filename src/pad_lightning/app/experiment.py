@@ -254,6 +254,7 @@ def prepare(cfg: DictConfig, resuming: bool) -> Inputs:
         train, val, test = build_problems(cfg.data, tokenizer=tok_s)
     _check_prompt_lengths(cfg, {"train": train, "val": val, "test": test}, student=(student, tok_s))
     _check_prompt_lengths(cfg, {"train": train, "val": val, "test": test}, teacher=(teacher, tok_t))
+    _check_judge_prompt_length(cfg, {"train": train, "val": val, "test": test}, teacher, tok_t)
     if "gold" in objective(cfg.loss.name).needs:
         _check_references(cfg, train)
     # Seeded after loading: building the zoo (first run only) draws random numbers, and a run
@@ -597,6 +598,42 @@ def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
         option_token_ids(teacher_tokenizer, k, context)
     except ValueError as err:
         raise ConfigError(f"calibration.mode={cal.mode}: {err}") from None
+
+
+def _check_judge_prompt_length(cfg: DictConfig, splits: dict[str, list], teacher, tok_t) -> None:
+    """The teacher judge's longest question must fit the teacher's positions: its prompt with k
+    options (2 pairwise, every response of a round listwise) of rollout.max_new_tokens each.
+    A ConfigError naming the prompt and what would fit, before any MLflow run exists."""
+    cal = cfg.calibration
+    if cal.name != "mcq" or cal.alpha == 0 or cal.judge == "synthetic":
+        return
+    positions = getattr(getattr(teacher, "config", None), "max_position_embeddings", None)
+    if not (isinstance(positions, int) and positions > 0):
+        return
+    from pad_lightning.training.calibration import question_text
+
+    k = 2 if cal.mode == "pairwise" else RunConfig.of(cfg).responses_per_round()
+    new = int(cfg.rollout.max_new_tokens)
+    longest, where = -1, ""
+    for split, problems in splits.items():
+        for i, problem in enumerate(problems):
+            question = question_text(problem.prompt)
+            if len(question) > longest:  # by characters: tokenised once, below
+                longest = len(question)
+                where = getattr(problem, "where", None) or f"{split} prompt {i + 1}"
+                text = question
+    if longest < 0:
+        return
+    empty = prompt_text(tok_t, mcq_prompt(text, [""] * k, cal.template, cal.option_template))
+    tokens = len(tok_t(empty, add_special_tokens=False)["input_ids"]) + k * new + 1
+    if tokens > positions:
+        raise ConfigError(
+            f"calibration.mode={cal.mode}: the judge's question on the longest prompt ({where}) "
+            f"lists {k} responses of up to rollout.max_new_tokens={new} tokens, about {tokens} "
+            f"tokens in all, over the teacher's {positions} positions (max_position_embeddings "
+            "of model.teacher); use calibration.mode=pairwise, a smaller rollout.max_new_tokens "
+            "or n, or calibration.alpha=0"
+        )
 
 
 def _check_judge_references(cfg: DictConfig, splits: dict[str, list]) -> None:

@@ -11,7 +11,8 @@ is missing, truncated or changed, or the card is broken. Entries written before 
 recorded are checked by file presence, JSON parsing and safetensors header parsing, and get their
 hashes then. Builds go to a staging folder renamed into place, so concurrent builders of the same
 entry never see a half-written one; the later finisher keeps the earlier one's entry. A build
-stopped by Ctrl-C or SIGTERM removes its staging folder: nothing half-built is ever cached.
+stopped by Ctrl-C or SIGTERM removes its staging folder: nothing half-built is ever cached;
+one killed outright leaves it, and the next build removes it (`zoo.staging`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,6 +47,7 @@ from pad_lightning.runtime import interrupts
 from pad_lightning.runtime.errors import ConfigError, described
 from pad_lightning.training.progress import StepsProgress, quiet_libraries
 from pad_lightning.training.sft import BatchStream, SFTModule, sft_batch
+from pad_lightning.zoo.staging import new_staging, sweep_stale
 from pad_lightning.zoo.tokenizer import build_char_tokenizer
 
 ZOO_VERSION = 1
@@ -624,7 +625,9 @@ def ensure_zoo(cfg: ZooConfig) -> Path:
         _discard(cfg, root, problem)
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+        for path in sweep_stale(root.parent):  # left by builders killed outright
+            _say(f"zoo: removed {path.name}, left by a build whose process is gone")
+        staging = new_staging(root.parent)
     except OSError as err:
         raise _unwritable(cfg, f"cannot build the zoo entry {root}", err) from None
     quiet_libraries()
