@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: help setup run test lint bench bench-epoch ui
+.PHONY: help setup run test lint bench bench-epoch bench-memory ui
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ bench: setup ## Benchmarks: preference math, scoring, calibration, sampling (rat
 
 bench-epoch: setup ## Epoch time of the default run: this tree vs REF (default c719095), n=4 vs n=8
 	$(OFFLINE) $(PY) experiments/bench_epoch.py $(if $(REF),--ref $(REF),)
+
+bench-memory: setup ## Memory over 60 calibrated epochs: PyTorch's kernel caches vs the run's bound
+	$(OFFLINE) $(PY) experiments/bench_memory.py
 
 ui: setup ## Open the MLflow UI on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db

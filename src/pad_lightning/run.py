@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import os
 
+from pad_lightning.runtime.memory import bound_compute_cache
+
+bound_compute_cache()  # before torch's first oneDNN computation (runtime.memory)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 
 import lightning as L
@@ -11,7 +10,12 @@ import torch
 from pad_lightning.data.answers import quality_matrix
 from pad_lightning.lm.chat import pad_id
 from pad_lightning.lm.scoring import score_pairs
-from pad_lightning.runtime.memory import release_free_heap
+from pad_lightning.runtime.memory import (
+    interval_peak_mb,
+    process_peak_mb,
+    release_free_heap,
+    resident_mb,
+)
 from pad_lightning.training.datamodule import combine_rounds
 
 
@@ -24,7 +28,7 @@ def per_rank(values: dict[str, float]) -> dict[str, float]:
 
 def peak_memory_mb() -> dict[str, float]:
     """Peak resident memory of this process, and peak CUDA allocation when on a GPU."""
-    out = {"memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {"memory/peak_rss_mb": process_peak_mb()}
     if torch.cuda.is_available():
         out["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -155,6 +159,8 @@ def time_line(
 
     parts = parts_text(stats, "time/{}_s", "throughput/{}_tokens_per_s", ("validation",))
     memory = f"peak RSS {stats['memory/peak_rss_mb']:.0f} MB"
+    if "memory/epoch_peak_rss_mb" in stats:
+        memory += f" (this epoch {stats['memory/epoch_peak_rss_mb']:.0f} MB)"
     if "memory/peak_cuda_mb" in stats:
         memory += f", CUDA {stats['memory/peak_cuda_mb']:.0f} MB"
     eta = f"; ETA {eta_text(eta_s)}" if eta_s is not None and epoch + 1 < max_epochs else ""
@@ -232,6 +238,9 @@ class RolloutLogger(L.Callback):
         )
         stats["time/validation_s"] = self._validation
         stats["time/other_s"] = max(0.0, elapsed - self._training - self._validation - rollout_s)
+        epoch_peak = interval_peak_mb(reset=False)  # this epoch's own peak (reset at its start)
+        if epoch_peak is not None:
+            stats["memory/epoch_peak_rss_mb"] = epoch_peak
         stats.update(peak_memory_mb())
         if trainer.world_size > 1:  # every rank's peak (a collective: all ranks are here)
             stats.update(per_rank(peak_memory_mb()))
@@ -247,6 +256,10 @@ class RolloutLogger(L.Callback):
                 if trainer.is_global_zero:
                     self._log_table(trainer, epoch)
         release_free_heap()  # the epoch's freed tensors leave the resident set (runtime.memory)
+        after = resident_mb()
+        if after is not None:
+            stats["memory/rss_after_epoch_mb"] = after
+        interval_peak_mb()  # the next epoch's peak starts from here
         if not trainer.is_global_zero:
             return
         if trainer.logger is not None:

@@ -8,6 +8,7 @@ epoch after epoch. Each case runs in a fresh interpreter, whose heap is its own.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -48,3 +49,36 @@ def test_retained_memory_does_not_grow_with_the_epoch_count():
     assert kept > 20, kept
     assert long < 8, long
     assert long - short < 4, (short, long)
+
+
+PEAK_CODE = """
+import sys
+from pad_lightning.runtime.memory import interval_peak_mb, process_peak_mb, resident_mb
+big = bytearray(200 << 20)  # 200 MB touched, then freed
+big[::4096] = b"x" * len(big[::4096])
+del big
+first = interval_peak_mb()  # the peak since the start: holds the 200 MB
+second = interval_peak_mb()  # since the reset: only what is resident now
+print(first, second, resident_mb(), process_peak_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_interval_peak_resets_and_the_process_peak_survives_the_reset():
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_CODE], capture_output=True, text=True, check=True
+    )
+    first, second, now, process = map(float, out.stdout.split())
+    assert first > now + 150  # the 200 MB block is in the first interval's peak
+    assert second < first - 150 and second < now + 20  # the reset starts from the level now
+    assert process >= first  # the process's own peak keeps the block
+
+
+def test_compute_caches_are_bounded_unless_set(monkeypatch):
+    from pad_lightning.runtime.memory import CACHE_CAPACITY, CACHES, bound_compute_cache
+
+    monkeypatch.delenv(CACHES[0], raising=False)
+    monkeypatch.setenv(CACHES[1], "7")  # the user's choice is kept
+    bound_compute_cache()
+    assert os.environ[CACHES[0]] == str(CACHE_CAPACITY)
+    assert os.environ[CACHES[1]] == "7"
