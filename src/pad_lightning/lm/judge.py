@@ -30,13 +30,11 @@ from transformers import PreTrainedTokenizerBase
 from pad_lightning.lm.chat import EncodedPair, pad_id, prompt_text
 from pad_lightning.lm.precision import autocast
 from pad_lightning.lm.scoring import logits_at, pad_pairs, token_budget_chunks
-from pad_lightning.ranking.selection import LOG_P_FLOOR, log_selection, questions_for
+from pad_lightning.ranking.selection import selection_from
 
 DEFAULT_TEMPLATE = "Q: {question}\n{options}\nBest:"
 DEFAULT_OPTION_TEMPLATE = "{letter}) {response}"
 LETTERS = string.ascii_uppercase
-"""log p_sel is clamped here (about -87.3) only so that a letter of probability exactly 0 (a -inf
-logit) gives a finite score; any judge probability a float32 represents is kept as is."""
 
 
 def mcq_prompt(
@@ -167,18 +165,19 @@ def selection_log_probs(
     p_sel is formed in log space from the option log-probabilities (`log_selection`,
     log-sum-exp), so a confident judge's small probabilities keep full float32 precision.
     """
-    n = len(responses[0])
-    orders = questions_for(mode, n, debias)
-    option_logp, tokens = question_log_probs(
-        model,
-        tokenizer,
-        questions,
-        responses,
-        orders,
-        template,
-        max_tokens,
-        autocast_dtype,
-        option_template,
+    return selection_from(
+        lambda orders: question_log_probs(
+            model,
+            tokenizer,
+            questions,
+            responses,
+            orders,
+            template,
+            max_tokens,
+            autocast_dtype,
+            option_template,
+        ),
+        mode,
+        len(responses[0]),
+        debias,
     )
-    log_p_sel = log_selection(option_logp, orders, mode, n, debias)
-    return log_p_sel.clamp_min(LOG_P_FLOOR), tokens

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -16,6 +17,8 @@ MODES = ("pairwise", "listwise")
 
 
 LOG_P_FLOOR = math.log(torch.finfo(torch.float32).tiny)
+"""log p_sel is clamped here (about -87.3) only so that a letter of probability exactly 0 (a -inf
+logit) gives a finite score; any judge probability a float32 represents is kept as is."""
 
 
 def pairwise_questions(n: int, debias: bool) -> list[tuple[int, int]]:
@@ -104,6 +107,22 @@ def log_selection(
     index = position.expand(*option_logp.shape[:-2], *position.shape)
     per_order = option_logp.gather(-1, index)  # [..., Q, n]: log p(response i's letter in q)
     return torch.logsumexp(per_order, dim=-2) - math.log(len(orders))
+
+
+def selection_from(
+    answer: Callable[[list[tuple[int, ...]]], tuple[torch.Tensor, int]],
+    mode: str,
+    n: int,
+    debias: bool,
+) -> tuple[torch.Tensor, int]:
+    """log p_sel [P, n] of every response and the judge's cost: the questions of `mode` and
+    `debias` (`questions_for`) put to a judge, `answer(orders)` -> (option log-probabilities
+    [P, Q, k], cost), combined by `log_selection` and floored at LOG_P_FLOOR (a letter of
+    probability exactly 0 gives a finite score). Every judge (a model's MCQs, the synthetic
+    judge) goes through here."""
+    orders = questions_for(mode, n, debias)
+    option_logp, cost = answer(orders)
+    return log_selection(option_logp, orders, mode, n, debias).clamp_min(LOG_P_FLOOR), cost
 
 
 def mix(teacher_rewards: torch.Tensor, log_p_sel: torch.Tensor, alpha: float) -> torch.Tensor:

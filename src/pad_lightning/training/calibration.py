@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from pad_lightning.data.answers import reference_quality
 from pad_lightning.lm.judge import DEFAULT_OPTION_TEMPLATE, DEFAULT_TEMPLATE, question_log_probs
 from pad_lightning.ranking import synthetic_judge
-from pad_lightning.ranking.selection import LOG_P_FLOOR, log_selection, questions_for
+from pad_lightning.ranking.selection import selection_from
 from pad_lightning.ranking.synthetic_judge import SyntheticJudge
 from pad_lightning.runtime.errors import ConfigError
 
@@ -121,18 +121,19 @@ def selection(
 ) -> tuple[torch.Tensor, int]:
     """log p_sel [P, n] of every response, and the teacher tokens it cost: the questions of
     `calibration.mode` and `debias`, answered by the judge, combined by `log_selection`."""
-    n = len(responses[0])
-    orders = questions_for(calibration.mode, n, calibration.debias)
-    option_logp, tokens = answers(
-        calibration,
-        teacher,
-        teacher_tokenizer,
-        prompts,
-        responses,
-        orders,
-        references,
-        max_tokens,
-        autocast_dtype,
+    return selection_from(
+        lambda orders: answers(
+            calibration,
+            teacher,
+            teacher_tokenizer,
+            prompts,
+            responses,
+            orders,
+            references,
+            max_tokens,
+            autocast_dtype,
+        ),
+        calibration.mode,
+        len(responses[0]),
+        calibration.debias,
     )
-    log_p_sel = log_selection(option_logp, orders, calibration.mode, n, calibration.debias)
-    return log_p_sel.clamp_min(LOG_P_FLOOR), tokens
