@@ -653,26 +653,43 @@ def test_stopped_by_signal_is_killed_exits_nonzero_and_resumes_every_step_once(w
     assert len(_all_values(world, run_id, "rollout/response_length")) == 7
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_zoo_build_caches_nothing_and_says_so(world, tmp_path, sig, code):
-    """Ctrl-C or SIGTERM while the toy zoo is being built (a fresh cache): one line, 128 + the
-    signal, and no half-built entry or staging folder left in the cache."""
+def _start_zoo_build(world: Path, tmp_path: Path, **popen) -> tuple[Path, subprocess.Popen]:
+    """A smoke run building the toy zoo in a fresh cache, returned once its staging folder
+    exists (the zoo folder and the process, in its own session)."""
     zoo = tmp_path / "cache" / "zoo"
     proc = subprocess.Popen(
         cmd(world, f"hydra.run.dir={tmp_path / 'run'}"),
         cwd=world,
         env=dict(subprocess_env(world), PAD_LIGHTNING_CACHE=str(tmp_path / "cache")),
         stdout=subprocess.DEVNULL,
+        start_new_session=True,
+        **popen,
+    )
+    deadline = time.time() + 300
+    while not list(zoo.glob(".building-*")) and time.time() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"the build ended first: {err[-2000:]}")
+        time.sleep(0.05)
+    if not list(zoo.glob(".building-*")):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError("no zoo staging folder within 300 s")
+    return zoo, proc
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_zoo_build_caches_nothing_and_says_so(world, tmp_path, sig, code):
+    """Ctrl-C or SIGTERM while the toy zoo is being built (a fresh cache): one line, 128 + the
+    signal, and no half-built entry or staging folder left in the cache."""
+    zoo, proc = _start_zoo_build(
+        world,
+        tmp_path,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        deadline = time.time() + 300
-        while not list(zoo.glob(".building-*")) and time.time() < deadline:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            time.sleep(0.05)
         time.sleep(0.5)  # training the first zoo model
         os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=120)
@@ -691,23 +708,9 @@ def test_zoo_build_killed_outright_leaves_a_folder_the_next_build_removes(world,
     next build's sweep (run first by every build) removes it."""
     from pad_lightning.zoo.staging import owner, sweep_stale
 
-    zoo = tmp_path / "cache" / "zoo"
-    proc = subprocess.Popen(
-        cmd(world, f"hydra.run.dir={tmp_path / 'run'}"),
-        cwd=world,
-        env=dict(subprocess_env(world), PAD_LIGHTNING_CACHE=str(tmp_path / "cache")),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 300
-        while not list(zoo.glob(".building-*")) and time.time() < deadline:
-            assert proc.poll() is None
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    zoo, proc = _start_zoo_build(world, tmp_path, stderr=subprocess.DEVNULL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     left = list(zoo.glob(".building-*"))
     assert len(left) == 1 and owner(left[0])[0] == proc.pid
     assert sweep_stale(zoo) == left

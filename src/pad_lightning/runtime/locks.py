@@ -45,7 +45,8 @@ class FileLock:
             os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,7 +62,7 @@ def holder(path: Path) -> int | None:
         pid = int(Path(path).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if pid != os.getpid() and _alive(pid) else None
+    return pid if pid != os.getpid() and alive(pid) else None
 
 
 def try_lock(path: Path) -> FileLock | int | None:

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pad_lightning.runtime.locks import alive
+
 PREFIX = ".building-"
 STALE_S = 7 * 24 * 3600  # a staging folder of another host (or unnamed) this old is abandoned
 
@@ -35,16 +37,6 @@ def owner(path: Path) -> tuple[int, str] | None:
     if len(parts) < 3 or not parts[0].isdigit():
         return None
     return int(parts[0]), "@".join(parts[1:-1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def sweep_stale(parent: Path, now: float | None = None) -> list[Path]:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pad_lightning.runtime.errors import ConfigError
 from pad_lightning.zoo import builder as zoo
+from pad_lightning.zoo import staging
 from pad_lightning.zoo.builder import ModelSpec, ZooConfig, ensure_zoo, entry_problem, file_records
 
 TEACHER = ModelSpec(
@@ -229,7 +230,7 @@ def test_corrupt_entry_in_a_read_only_cache_is_a_config_error(tmp_path, monkeypa
     assert len(quick_train) == 2  # refused before any training
 
     fresh = _cfg(tmp_path / "fresh")
-    monkeypatch.setattr(zoo.tempfile, "mkdtemp", _permission_denied)
+    monkeypatch.setattr(staging.tempfile, "mkdtemp", _permission_denied)
     with pytest.raises(ConfigError) as info:
         ensure_zoo(fresh)
     assert str(info.value) == (
