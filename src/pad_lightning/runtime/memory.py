@@ -66,6 +66,7 @@ def release_free_heap() -> bool:
 _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
 _process_peak_kb = 0  # the highest resident peak seen before a reset (resets lower VmHWM)
+_resettable = True  # False once a reset failed: no interval peaks from then on
 
 
 def _status_kb(field: str) -> int | None:
@@ -95,8 +96,8 @@ def interval_peak_mb(reset: bool = True) -> float | None:
     more draws. The peak of each interval tells the two apart: it has a trend only if something
     accumulates. None where the kernel does not keep or cannot reset the peak.
     """
-    global _process_peak_kb
-    kb = _status_kb("VmHWM")
+    global _process_peak_kb, _resettable
+    kb = _status_kb("VmHWM") if _resettable else None
     if kb is None:
         return None
     _process_peak_kb = max(_process_peak_kb, kb)
@@ -104,8 +105,9 @@ def interval_peak_mb(reset: bool = True) -> float | None:
         try:
             with open(_CLEAR_REFS, "w") as f:
                 f.write("5")
-        except OSError:
-            return None  # not resettable: a peak since the start is no interval's peak
+        except OSError:  # not resettable (a sandbox): a peak since the start is no interval's
+            _resettable = False
+            return None
     return kb / 1024
 
 

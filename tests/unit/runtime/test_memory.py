@@ -82,3 +82,17 @@ def test_compute_caches_are_bounded_unless_set(monkeypatch):
     bound_compute_cache()
     assert os.environ[CACHES[0]] == str(CACHE_CAPACITY)
     assert os.environ[CACHES[1]] == "7"
+
+
+def test_no_interval_peaks_once_the_peak_cannot_be_reset(monkeypatch, tmp_path):
+    """Where /proc/self/clear_refs cannot be written (a sandbox), a later 'interval' peak would
+    be the peak since the start: none is reported once a reset has failed."""
+    from pad_lightning.runtime import memory
+
+    monkeypatch.setattr(memory, "_resettable", True)
+    monkeypatch.setattr(memory, "_CLEAR_REFS", str(tmp_path / "missing" / "clear_refs"))
+    if memory.interval_peak_mb(reset=False) is None:
+        pytest.skip("no /proc/self/status here")
+    assert memory.interval_peak_mb() is None  # the reset fails
+    assert memory.interval_peak_mb(reset=False) is None
+    assert memory.process_peak_mb() > 0
