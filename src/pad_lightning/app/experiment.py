@@ -585,12 +585,20 @@ def _without_token_filter(data_cfg: DictConfig) -> DictConfig:
     return out
 
 
+def _teacher_judge_options(cfg: DictConfig) -> int | None:
+    """Options per MCQ the teacher is asked (2 pairwise, every response of a round listwise), or
+    None when the teacher judges nothing (no calibration, alpha = 0, the synthetic judge)."""
+    cal = cfg.calibration
+    if cal.name != "mcq" or cal.alpha == 0 or cal.judge == "synthetic":
+        return None
+    return 2 if cal.mode == "pairwise" else RunConfig.of(cfg).responses_per_round()
+
+
 def _check_option_letters(cfg: DictConfig, teacher_tokenizer) -> None:
     """Calibration needs one distinct token per option letter in the teacher's tokenizer."""
-    cal = cfg.calibration
-    if cal.name != "mcq" or cal.alpha == 0 or cal.judge == "synthetic":  # synthetic: no letters
+    cal, k = cfg.calibration, _teacher_judge_options(cfg)
+    if k is None:
         return
-    k = 2 if cal.mode == "pairwise" else RunConfig.of(cfg).responses_per_round()
     try:
         context = prompt_text(
             teacher_tokenizer, mcq_prompt("q", ["a", "b"], cal.template, cal.option_template)
@@ -604,26 +612,21 @@ def _check_judge_prompt_length(cfg: DictConfig, splits: dict[str, list], teacher
     """The teacher judge's longest question must fit the teacher's positions: its prompt with k
     options (2 pairwise, every response of a round listwise) of rollout.max_new_tokens each.
     A ConfigError naming the prompt and what would fit, before any MLflow run exists."""
-    cal = cfg.calibration
-    if cal.name != "mcq" or cal.alpha == 0 or cal.judge == "synthetic":
-        return
+    cal, k = cfg.calibration, _teacher_judge_options(cfg)
     positions = getattr(getattr(teacher, "config", None), "max_position_embeddings", None)
-    if not (isinstance(positions, int) and positions > 0):
+    if k is None or not (isinstance(positions, int) and positions > 0):
         return
     from pad_lightning.training.calibration import question_text
 
-    k = 2 if cal.mode == "pairwise" else RunConfig.of(cfg).responses_per_round()
     new = int(cfg.rollout.max_new_tokens)
-    longest, where = -1, ""
-    for split, problems in splits.items():
-        for i, problem in enumerate(problems):
-            question = question_text(problem.prompt)
-            if len(question) > longest:  # by characters: tokenised once, below
-                longest = len(question)
-                where = getattr(problem, "where", None) or f"{split} prompt {i + 1}"
-                text = question
-    if longest < 0:
+    questions = [
+        (question_text(p.prompt), getattr(p, "where", None) or f"{split} prompt {i + 1}")
+        for split, problems in splits.items()
+        for i, p in enumerate(problems)
+    ]
+    if not questions:
         return
+    text, where = max(questions, key=lambda q: len(q[0]))  # by characters: tokenised once
     empty = prompt_text(tok_t, mcq_prompt(text, [""] * k, cal.template, cal.option_template))
     tokens = len(tok_t(empty, add_special_tokens=False)["input_ids"]) + k * new + 1
     if tokens > positions:
