@@ -247,7 +247,7 @@ def prepare(cfg: DictConfig, resuming: bool) -> Inputs:
     ckpt_path = pick_resume_checkpoint(run_dir) if resuming else None
     if ckpt_path is not None:
         check_epochs(ckpt_path, cfg.trainer.max_epochs)
-    student, tok_s, teacher, tok_t = load_pair(cfg.model)
+    student, tok_s, teacher, tok_t = load_pair(cfg.model, run_dir)
     _check_option_letters(cfg, tok_t)
     _check_objective(cfg, tok_s, tok_t)
     if needs_tokenizer:

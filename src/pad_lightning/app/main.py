@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pad_lightning.app.checks import check
 from pad_lightning.app.schema.moved import MOVED
 from pad_lightning.runtime import interrupts
-from pad_lightning.runtime.errors import ConfigError, PadError
+from pad_lightning.runtime.errors import ConfigError, PadError, ServiceError
 
 warnings.filterwarnings(
     "ignore",
@@ -231,6 +231,9 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         return _run_job(cfg, held)
     finally:
+        from pad_lightning.engines.vllm_server import stop_all
+
+        stop_all()  # the servers this run started (a served teacher, the rollout engine)
         for lock in held:
             lock.release()
 
@@ -296,6 +299,14 @@ def _run_job(cfg: DictConfig, held: list) -> float | None:
     try:
         summary_path = run_experiment(cfg, overrides, state, sweep)
     except PadError as err:  # config found while loading, data, model, checkpoint, training
+        if (
+            isinstance(err, ServiceError)
+            and (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").exists()
+        ):
+            return fail(
+                f"{err.line()}; the run keeps its last checkpoint: once the server answers, "
+                f"resume with: python -m pad_lightning.run resume={cfg.output_dir}"
+            )
         return fail(err.line())
     except (interrupts.Preempted, KeyboardInterrupt) as stop:
         if isinstance(stop, KeyboardInterrupt):  # Ctrl-C before the run was set up

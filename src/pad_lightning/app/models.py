@@ -1,10 +1,19 @@
 """The models of a run: the toy zoo when the config asks for it (built or found in its cache),
-then both roles loaded by `lm.loading`."""
+then both roles loaded by `lm.loading`; a served teacher is reached (or its server started) by
+`serve_teacher`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from transformers import AutoConfig, GenerationConfig
+
+from pad_lightning.engines import teacher_service, vllm_server
 from pad_lightning.lm import loading
+from pad_lightning.lm.chat import prompt_text
 from pad_lightning.zoo.builder import ModelSpec, ZooConfig, ensure_zoo
+
+PROBE = "Which is the capital of France? Answer: Paris, 12 + 30 = 42."
 
 
 def zoo_config(cfg) -> ZooConfig:
@@ -16,7 +25,47 @@ def zoo_config(cfg) -> ZooConfig:
     return ZooConfig(**raw)
 
 
-def load_pair(model_cfg) -> tuple:
+def serve_teacher(log_dir: Path | None, say=print):
+    """`lm.loading.load_pair`'s `serve`: the teacher on its servers (`model.teacher.server.urls`),
+    or on a vLLM server started here for the run (stopped by `vllm_server.stop_all` or at exit);
+    checked to serve the teacher under the expected name with the teacher's tokenizer."""
+
+    def serve(opts: loading.RoleOptions, source: str, tokenizer):
+        server = opts.server
+        name = server.model or source
+        config = AutoConfig.from_pretrained(source, trust_remote_code=opts.trust_remote_code)
+        if server.launches():
+            vllm_server.check_head_size(config, "model.teacher")
+            positions = getattr(config, "max_position_embeddings", None) or server.max_model_len
+            started = vllm_server.launch(
+                source,
+                name,
+                min(server.max_model_len, positions),
+                Path(log_dir or ".") / "teacher-vllm.log",
+                teacher_service.PREFIX,
+                python=server.python,
+                python_key=f"{teacher_service.PREFIX}.python",
+                extra=server.args,
+                say=say,
+            )
+            server = teacher_service.ServerOptions(**{**vars(server), "urls": [started.url]})
+        served = teacher_service.connect(server, name, config)
+        try:
+            served.generation_config = GenerationConfig.from_pretrained(source)
+        except OSError:  # no generation_config.json: the tokenizer's EOS ends samples
+            served.generation_config = None
+        probe = prompt_text(tokenizer, PROBE) + " Paris."
+        teacher_service.check_tokenizer(served, tokenizer, [PROBE, probe])
+        return served
+
+    return serve
+
+
+def load_pair(model_cfg, log_dir: Path | None = None) -> tuple:
     """(student, student_tokenizer, teacher, teacher_tokenizer) of `model_cfg`, building the toy
     zoo first when a role is a zoo entry (after both roles' options have been checked)."""
-    return loading.load_pair(model_cfg, zoo_root=lambda: ensure_zoo(zoo_config(model_cfg.zoo)))
+    return loading.load_pair(
+        model_cfg,
+        zoo_root=lambda: ensure_zoo(zoo_config(model_cfg.zoo)),
+        serve=serve_teacher(log_dir),
+    )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from pad_lightning.engines.served import ServedLM
 from pad_lightning.lm.chat import encode_prompt, pad_id, padded
 from pad_lightning.lm.precision import autocast
 from pad_lightning.lm.sampling import decode, hf_only_settings
@@ -83,6 +84,10 @@ def generate(
     leave an empty text, which would earn the best reward). Padding never appears in a text:
     rows are cut at their first stop token, and generation pads a row only after one.
     """
+    if isinstance(model, ServedLM):
+        return _served(
+            model, tokenizer, prompts, 1 if greedy else n, sampling, greedy, skip_special_tokens
+        )
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -133,6 +138,26 @@ def generate(
     if was_training:
         model.train()
     return Generations(texts, torch.cat(lengths).float(), torch.cat(truncated))
+
+
+def _served(
+    model: ServedLM, tokenizer, prompts: list, k: int, sampling: SamplingConfig, greedy: bool, skip
+) -> Generations:
+    """`generate` on a served model: the server samples from the prompts' token ids with the
+    same knobs; its tokens are cut and decoded by the same rule as local ones."""
+    stops = stop_token_ids(model, tokenizer)
+    rows = model.sample_ids(
+        [encode_prompt(tokenizer, p) for p in prompts],
+        k,
+        0.0 if greedy else sampling.temperature,
+        1.0 if greedy else sampling.top_p,
+        0 if greedy else sampling.top_k,
+        sampling.max_new_tokens,
+        stops,
+    )
+    new, _ = padded([r or [pad_id(tokenizer)] for r in rows], pad_id(tokenizer))
+    texts, lengths, truncated = _cut(new, stops, tokenizer, skip, k)
+    return Generations(texts, lengths.float(), truncated)
 
 
 def _cut(new: torch.Tensor, stops: list[int], tokenizer, skip_special_tokens: bool, k: int):

@@ -27,6 +27,7 @@ import string
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from pad_lightning.engines.served import ServedLM
 from pad_lightning.lm.chat import EncodedPair, pad_id, prompt_text
 from pad_lightning.lm.precision import autocast
 from pad_lightning.lm.scoring import logits_at, pad_pairs, token_budget_chunks
@@ -87,7 +88,10 @@ def option_log_probs(
     max_tokens: int = 16384,
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """log p(option | prompt), renormalised over `option_ids`, for every encoded prompt; [M, k]."""
+    """log p(option | prompt), renormalised over `option_ids`, for every encoded prompt; [M, k]
+    (on its server for a served model)."""
+    if isinstance(model, ServedLM):
+        return model.option_log_probs(prompts, option_ids)
     device = next(model.parameters()).device
     out = torch.empty(len(prompts), len(option_ids))
     pairs = [EncodedPair(p, len(p)) for p in prompts]

@@ -35,6 +35,12 @@ from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from pad_lightning.engines.teacher_service import (
+    BACKENDS,
+    ServerOptions,
+    check_reachable,
+    server_options,
+)
 from pad_lightning.lm.adapters import is_lora
 from pad_lightning.lm.chat import ChatTemplateError, check_end_marker, prompt_text, response_suffix
 from pad_lightning.runtime.errors import ConfigError, described, first_line
@@ -57,6 +63,8 @@ ROLE_KEYS = (
     "chat_template",
     "trust_remote_code",
     "lora",
+    "backend",
+    "server",
 )
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "save")
 LORA_INSTALL = "pip install 'pad-lightning[lora]'"
@@ -104,6 +112,8 @@ class RoleOptions:
     chat_template: str | None = None
     trust_remote_code: bool = False
     lora: LoraOptions = field(default_factory=LoraOptions)
+    backend: str = "local"  # teacher: local | server (engines.teacher_service)
+    server: ServerOptions | None = None  # backend=server: model.teacher.server
 
     def key(self, name: str) -> str:
         return f"model.{self.role}.{name}"
@@ -169,6 +179,21 @@ def role_options(role: str, role_cfg) -> RoleOptions:
     )
     opts.chat_template = template or None
     opts.lora = _lora_options(opts, _as_dict(raw.get("lora")))
+    opts.backend = raw.get("backend") or "local"
+    _require(
+        opts.backend in BACKENDS,
+        f"{opts.key('backend')}={opts.backend!r}: valid: {', '.join(BACKENDS)}",
+    )
+    _require(
+        role == "teacher" or opts.backend == "local",
+        f"{opts.key('backend')}={opts.backend}: only the teacher is served; the student samples "
+        "on a server with rollout.sampler=vllm",
+    )
+    if opts.backend == "server":
+        server = raw.get("server")
+        opts.server = server_options(
+            _as_dict(OmegaConf.to_container(server) if isinstance(server, DictConfig) else server)
+        )
     return opts
 
 
@@ -579,16 +604,24 @@ def check_model_config(model_cfg) -> tuple[dict[str, RoleOptions], dict[str, str
     """
     options = {role: role_options(role, model_cfg.get(role)) for role in ROLES}
     sources = {r: resolve_source(o) for r, o in options.items() if o.path is not None}
+    if options["teacher"].server is not None:  # given servers answer, before any model loads
+        check_reachable(options["teacher"].server)
     return options, sources
 
 
-def load_pair(model_cfg, zoo_root: Callable[[], Path] | None = None) -> tuple:
+def load_pair(
+    model_cfg,
+    zoo_root: Callable[[], Path] | None = None,
+    serve: Callable[[RoleOptions, str, PreTrainedTokenizerBase], torch.nn.Module] | None = None,
+) -> tuple:
     """(student, student_tokenizer, teacher, teacher_tokenizer).
 
     A role without a `path` is a zoo entry: `zoo_root()` returns the folder of the zoo (the
     application builds or finds it; loading never builds models). Both roles are checked
     (options, source, config, tokenizer, chat template) before `zoo_root` is called or any
-    weights load. The teacher comes back in eval mode with gradients off.
+    weights load. The teacher comes back in eval mode with gradients off; a served teacher
+    (`model.teacher.backend=server`) is `serve(options, source, tokenizer)`, made before the
+    student loads.
     """
     options, sources = check_model_config(model_cfg)
     if len(sources) < len(ROLES):
@@ -600,8 +633,13 @@ def load_pair(model_cfg, zoo_root: Callable[[], Path] | None = None) -> tuple:
         zoo_root = zoo_root()
         sources.update({r: resolve_source(o, zoo_root) for r, o in options.items()})
     tokenizers = {role: load_tokenizer(options[role], sources[role]) for role in ROLES}
+    if options["teacher"].backend == "server":
+        _require(serve is not None, "model.teacher.backend=server: no way to reach a server here")
+        teacher = serve(options["teacher"], sources["teacher"], tokenizers["teacher"])
+    else:
+        teacher = load_model(options["teacher"], sources["teacher"])
+    teacher = teacher.eval().requires_grad_(False)
     student = load_model(options["student"], sources["student"])
-    teacher = load_model(options["teacher"], sources["teacher"]).eval().requires_grad_(False)
     return student, tokenizers["student"], teacher, tokenizers["teacher"]
 
 

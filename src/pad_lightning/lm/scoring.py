@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import torch
 
+from pad_lightning.engines.served import ServedLM
 from pad_lightning.lm.adapters import base_model
 from pad_lightning.lm.chat import EncodedPair, padded
 from pad_lightning.lm.precision import autocast
@@ -224,7 +225,10 @@ def score_pairs(
     """Rewards of many pairs without autograd, in length-sorted chunks to limit padding; [N].
 
     With `share_prefix` (and a model that takes a KV cache), the responses of one prompt share
-    one pass over the prompt (`shared_prefix_rewards`): the same rewards, fewer tokens."""
+    one pass over the prompt (`shared_prefix_rewards`): the same rewards, fewer tokens. A served
+    model (`engines.served.ServedLM`) scores them on its server by the same rule."""
+    if isinstance(model, ServedLM):
+        return model.score_pairs(pairs)
     if share_prefix and shareable(model, pairs):
         return shared_prefix_rewards(model, pairs, pad_id, max_tokens, device, autocast_dtype)
     out = torch.empty(len(pairs))

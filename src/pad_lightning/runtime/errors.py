@@ -50,6 +50,13 @@ class NonFiniteScoresError(PadError, ValueError):
     kind = "training"
 
 
+class ServiceError(PadError, RuntimeError):
+    """A model server (the teacher's, the rollout engine's) that cannot be reached, times out
+    past its retries, or answers what cannot be used; the message is one line naming its URL."""
+
+    kind = "training"
+
+
 class ModelError(PadError, ValueError):
     """A model folder, tokenizer or chat template that cannot be used; one line naming it."""
 
