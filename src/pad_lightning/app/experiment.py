@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from pad_lightning.app.models import load_pair
+from pad_lightning.app.models import load_pair, rollout_engine
 from pad_lightning.app.resume import check_epochs
 from pad_lightning.app.schema import RunConfig
 from pad_lightning.data.answers import ANSWER_COLUMNS
@@ -145,6 +145,7 @@ class Inputs:
     teacher_tokenizer: object
     ckpt_path: Path | None
     judge: JudgeReport | None = None  # what `check_judge` measured (None: no check ran)
+    engine: object | None = None  # rollout.sampler=vllm: its engines.vllm_rollout.RolloutEngine
 
 
 @dataclass
@@ -202,7 +203,7 @@ def run_experiment(
             highlight=False,
         )
     try:
-        with RunProgress(console) as progress:
+        with RunProgress(console) as progress, _closing(inputs.engine):
             trainer = build_trainer(run, progress)
             before = evaluate_before(run, trainer)
             fit_seconds, validation = fit(run, trainer, inputs.ckpt_path)
@@ -225,6 +226,16 @@ def run_experiment(
     interrupts.fault("report")
     run.set_status("FINISHED")  # only now: the report and every file are written
     return summary_file
+
+
+@contextlib.contextmanager
+def _closing(engine):
+    """The rollout engine's weight folder is removed when the run ends, however it ends."""
+    try:
+        yield
+    finally:
+        if engine is not None:
+            engine.close()
 
 
 def prepare(cfg: DictConfig, resuming: bool) -> Inputs:
@@ -257,10 +268,11 @@ def prepare(cfg: DictConfig, resuming: bool) -> Inputs:
     _check_judge_prompt_length(cfg, {"train": train, "val": val, "test": test}, teacher, tok_t)
     if "gold" in objective(cfg.loss.name).needs:
         _check_references(cfg, train)
+    engine = rollout_engine(cfg, student, run_dir)
     # Seeded after loading: building the zoo (first run only) draws random numbers, and a run
     # must not depend on whether its models were cached.
     L.seed_everything(cfg.seed, verbose=False)
-    return Inputs(train, val, test, student, tok_s, teacher, tok_t, ckpt_path)
+    return Inputs(train, val, test, student, tok_s, teacher, tok_t, ckpt_path, engine=engine)
 
 
 def check_judge(cfg: DictConfig, inputs: Inputs, resuming: bool) -> JudgeReport | None:
@@ -353,6 +365,7 @@ def build(
         inference_dtype=cfg.trainer.inference_dtype,
         sharding=sharding_config(cfg),
     )
+    module.rollout_engine = inputs.engine
     datamodule = RolloutDataModule(
         inputs.train,
         inputs.val,

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from transformers import AutoConfig, GenerationConfig
 
-from pad_lightning.engines import teacher_service, vllm_server
+from pad_lightning.engines import teacher_service, vllm_rollout, vllm_server
 from pad_lightning.lm import loading
+from pad_lightning.lm.adapters import is_lora
 from pad_lightning.lm.chat import prompt_text
+from pad_lightning.runtime.errors import ConfigError
 from pad_lightning.zoo.builder import ModelSpec, ZooConfig, ensure_zoo
 
+ENGINE_NAME = "student"  # the name the rollout engine's server serves the student under
 PROBE = "Which is the capital of France? Answer: Paris, 12 + 30 = 42."
 
 
@@ -69,3 +73,38 @@ def load_pair(model_cfg, log_dir: Path | None = None) -> tuple:
         zoo_root=lambda: ensure_zoo(zoo_config(model_cfg.zoo)),
         serve=serve_teacher(log_dir),
     )
+
+
+def rollout_engine(cfg, student, log_dir: Path, say=print):
+    """rollout.sampler=vllm: the vLLM rollout engine for `student` (`engines.vllm_rollout`), on
+    `rollout.vllm.url` or on a server started here from the student's folder (LoRA: its base
+    model's); None for the other samplers."""
+    if cfg.rollout.sampler != "vllm":
+        return None
+    if cfg.strategy.name != "auto" or int(cfg.trainer.num_nodes) > 1:
+        raise ConfigError(
+            f"rollout.sampler=vllm: runs in one training process (strategy=auto); with "
+            f"strategy={cfg.strategy.name} use rollout.sampler=inverse_cdf"
+        )
+    options = vllm_rollout.VllmEngineOptions(
+        **OmegaConf.to_container(cfg.rollout.vllm, resolve=True)
+    )
+    base = student.get_base_model() if is_lora(student) else student
+    folder = str(base.config._name_or_path)
+    url = options.url
+    if url is None:
+        vllm_server.check_head_size(base.config, "model.student (rollout.sampler=vllm)")
+        positions = getattr(base.config, "max_position_embeddings", None) or options.max_model_len
+        url = vllm_server.launch(
+            folder,
+            ENGINE_NAME,
+            min(options.max_model_len, positions),
+            Path(log_dir) / "rollout-vllm.log",
+            vllm_rollout.PREFIX,
+            python=options.python,
+            python_key=f"{vllm_rollout.PREFIX}.python",
+            weight_sync=True,
+            extra=options.args,
+            say=say,
+        ).url
+    return vllm_rollout.connect(options, url, ENGINE_NAME, base.generation_config)

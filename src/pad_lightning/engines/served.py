@@ -25,7 +25,6 @@ import math
 import torch
 
 from pad_lightning.engines.openai_api import Client, logprob_list, sorted_choices
-from pad_lightning.lm.chat import EncodedPair
 from pad_lightning.runtime.errors import ServiceError
 
 
@@ -88,8 +87,9 @@ class ServedLM(torch.nn.Module):
                 out[i] = logprob_list(values, what, len(sequences[i]))
         return out
 
-    def score_pairs(self, pairs: list[EncodedPair]) -> torch.Tensor:
-        """Length-normalised log-likelihood of each pair's scored span, [N] (float32); NaN or
+    def score_pairs(self, pairs: list) -> torch.Tensor:
+        """Length-normalised log-likelihood of each pair's scored span (`lm.chat.EncodedPair`:
+        ids and prompt_len), [N] (float32); NaN or
         inf where the server said so (refused downstream like local non-finite scores)."""
         for p in pairs:
             if len(p.ids) <= p.prompt_len:

@@ -102,7 +102,7 @@ class RolloutDataModule(L.LightningDataModule):
         module = self.trainer.lightning_module
         with module.gathered():  # FSDP: weights gathered once for the whole rollout
             roll = collect(
-                module.student,
+                module.sampler(),
                 module.student_tokenizer,
                 module.teacher,
                 module.teacher_tokenizer,
@@ -114,6 +114,8 @@ class RolloutDataModule(L.LightningDataModule):
                 module._autocast_dtype(),
                 module.extras([getattr(p, "reference", None) for p in problems]),
             )
+        if module.rollout_engine is not None:
+            roll.seconds["weight_sync"] = module.last_sync_seconds
         self.last_rollout, self.last_problems = roll, problems
         self.epoch_stats.append(rollout_stats(roll, problems, module.loss_cfg.beta_teacher))
         return roll

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 
+from pad_lightning.lm.adapters import is_lora
 from pad_lightning.lm.chat import pad_id
+from pad_lightning.lm.loading import merged_state_dict
 from pad_lightning.lm.sharding import ShardingConfig, gathered, local_numel, shard
 from pad_lightning.ranking import losses
 from pad_lightning.runtime.collectives import all_ranks, rng_states, set_rng_states
@@ -96,6 +98,8 @@ class PADModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the student only
         self.sharding = sharding  # strategy=fsdp's options (None: not sharded)
         self.local_params: dict[str, list[int]] = {}  # per rank, once sharded (logged)
+        self.rollout_engine = None  # rollout.sampler=vllm: engines.vllm_rollout.RolloutEngine
+        self.last_sync_seconds = 0.0  # its last weight sync
 
     # -- sharding (strategy=fsdp) ---------------------------------------------------------
     def configure_model(self) -> None:
@@ -105,7 +109,11 @@ class PADModule(L.LightningModule):
             return
         mesh = self.device_mesh["data_parallel"]
         shard(self.student, mesh, self.sharding, self.sharding.reshard_after_forward)
-        frozen = [m for m in (self.teacher, self.reference) if m is not None]
+        frozen = [
+            m
+            for m in (self.teacher, self.reference)
+            if m is not None and next(m.parameters()).numel()
+        ]  # a served teacher's weights are on its server
         for model in frozen:
             if self.sharding.teacher == "sharded":
                 shard(model, mesh, self.sharding, reshard=True)
@@ -126,6 +134,18 @@ class PADModule(L.LightningModule):
         if self.reference is not None:
             self.reference.eval()
         return self
+
+    def sampler(self) -> torch.nn.Module:
+        """The model a rollout samples from: the student, or (rollout.sampler=vllm) the vLLM
+        engine, first given the student's current weights (once per optimizer step)."""
+        if self.rollout_engine is None:
+            return self.student
+        state = (
+            merged_state_dict(self.student) if is_lora(self.student) else self.student.state_dict()
+        )
+        step = self.trainer.global_step if self._trainer is not None else None
+        self.last_sync_seconds = self.rollout_engine.sync(state, step)
+        return self.rollout_engine.served
 
     def extras(self, references: list | None = None) -> Extras:
         """What this run's rollouts must provide besides the student's samples: the reference

@@ -19,6 +19,7 @@ from pad_lightning.app.schema.rollout import RolloutGroup
 from pad_lightning.app.schema.strategy import StrategyGroup
 from pad_lightning.app.schema.trainer import TrainerGroup
 from pad_lightning.app.schema.values import number, require, writable_dir_problem
+from pad_lightning.training.objectives import objective
 
 METRIC_PARTS = ("val", "after", "delta")  # summary.json sections a sweeper can optimise
 
@@ -113,6 +114,16 @@ class RunConfig:
         )
         self.logger.check_store()
         check_data_group(cfg.data)
+        served = (
+            self.model is not None
+            and str((self.model.get("teacher") or {}).get("backend") or "local") == "server"
+        )
+        require(
+            not served or "teacher_tokens" not in objective(self.loss.name).needs,
+            f"loss={self.loss.name}: trains on the teacher's full next-token distributions, "
+            "which a served teacher does not send (only log-probabilities of given tokens); "
+            "use model.teacher.backend=local, or loss=seqkd",
+        )
         check_model(self.model)
 
 
