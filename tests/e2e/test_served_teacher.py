@@ -5,6 +5,7 @@ and whole runs (a server the run starts, a server killed mid-run). One server se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -163,10 +164,8 @@ class _DroppingProxy:
             pass
         finally:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def test_dropped_connections_are_retried_with_backoff_then_refused(served):
