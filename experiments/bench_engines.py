@@ -17,7 +17,8 @@ folders and served by vLLM from them. For every vocabulary:
   the server's own peak.
 
 Run: ``PAD_LIGHTNING_VLLM_PYTHON=.venv-vllm/bin/python python experiments/bench_engines.py``
-(`make bench-engines`).
+(`make bench-engines`). On a GPU machine: ``--device cuda`` with PAD_LIGHTNING_VLLM_PYTHON naming
+a GPU build of vLLM (the local path then runs on the GPU; the thread columns are the host's).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--vocabs", default="104,32768,262144")
     parser.add_argument("--memory-epochs", type=int, default=5)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--device", default="cpu", help="of the local path: cpu, or cuda")
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,6 +118,7 @@ def main() -> None:
         folder = work / f"teacher-{vocab}"
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
+        model.to(args.device)
         server = vllm_server.launch(
             str(folder), str(folder), 512, work / f"vllm-{vocab}.log", "bench", say=lambda _: None
         )
@@ -125,7 +128,9 @@ def main() -> None:
             )
             served.generation_config = model.generation_config
             jobs = {
-                "teacher rewards": lambda m: score_pairs(m, pairs, pad_id(tok)),
+                "teacher rewards": lambda m: score_pairs(
+                    m, pairs, pad_id(tok), device=next(m.parameters()).device
+                ),
                 "MCQ selection": lambda m: selection(cal, m, tok, prompts, texts),
                 "rollout (n=4)": lambda m: generate(m, tok, prompts, 4, sampling),
             }

@@ -80,13 +80,16 @@ def test_served_rewards_and_selection_equal_the_local_teachers(served, teacher_f
     got = score_pairs(served, pairs, pad_id(tok))
     assert expected.std() > 0.1  # a teacher with opinions
     torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
-    for mode, debias in (("pairwise", True), ("pairwise", False), ("listwise", True)):
-        cal = CalibrationConfig(alpha=0.8, mode=mode, debias=debias)
-        want, want_tokens = selection(cal, local, tok, prompts, texts)
-        have, have_tokens = selection(cal, served, tok, prompts, texts)
-        assert want.std() > 0.05, mode
-        torch.testing.assert_close(have, want, atol=TOLERANCE, rtol=0)
-        assert have_tokens == want_tokens
+    for by_echo in (False, True):  # letters asked one by one (vLLM), or echoed (other servers)
+        served.option_by_echo = by_echo
+        for mode, debias in (("pairwise", True), ("pairwise", False), ("listwise", True)):
+            cal = CalibrationConfig(alpha=0.8, mode=mode, debias=debias)
+            want, want_tokens = selection(cal, local, tok, prompts, texts)
+            have, have_tokens = selection(cal, served, tok, prompts, texts)
+            assert want.std() > 0.05, mode
+            torch.testing.assert_close(have, want, atol=TOLERANCE, rtol=0)
+            assert have_tokens == want_tokens
+            assert served.option_by_echo == by_echo  # vLLM honours allowed_token_ids
 
 
 def test_served_teacher_samples_as_seqkd_asks(served):

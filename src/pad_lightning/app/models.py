@@ -13,7 +13,6 @@ from pad_lightning.engines import teacher_service, vllm_rollout, vllm_server
 from pad_lightning.lm import loading
 from pad_lightning.lm.adapters import is_lora
 from pad_lightning.lm.chat import prompt_text
-from pad_lightning.runtime.errors import ConfigError
 from pad_lightning.zoo.builder import ModelSpec, ZooConfig, ensure_zoo
 
 ENGINE_NAME = "student"  # the name the rollout engine's server serves the student under
@@ -81,11 +80,6 @@ def rollout_engine(cfg, student, log_dir: Path, say=print):
     model's); None for the other samplers."""
     if cfg.rollout.sampler != "vllm":
         return None
-    if cfg.strategy.name != "auto" or int(cfg.trainer.num_nodes) > 1:
-        raise ConfigError(
-            f"rollout.sampler=vllm: runs in one training process (strategy=auto); with "
-            f"strategy={cfg.strategy.name} use rollout.sampler=inverse_cdf"
-        )
     options = vllm_rollout.VllmEngineOptions(
         **OmegaConf.to_container(cfg.rollout.vllm, resolve=True)
     )

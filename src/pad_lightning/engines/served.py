@@ -49,6 +49,7 @@ class ServedLM(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
         self.generation_config = None
         self.request_tokens = 8192  # prompt tokens per scoring request
+        self.option_by_echo = False  # MCQ options by echo (a server without allowed_token_ids)
 
     def forward(self, *args, **kwargs):
         raise TypeError(
@@ -102,12 +103,49 @@ class ServedLM(torch.nn.Module):
         return torch.tensor(rewards, dtype=torch.float32)
 
     def option_log_probs(self, prompts: list[list[int]], option_ids: list[int]) -> torch.Tensor:
-        """log p(option | prompt) renormalised over `option_ids`, [M, k]."""
-        rows = [p + [o] for p in prompts for o in option_ids]
-        token_logp = self.token_log_probs(rows)
+        """log p(option | prompt) renormalised over `option_ids`, [M, k].
+
+        Per option letter, one request per chunk of prompts asks for one token restricted to
+        that letter (`allowed_token_ids`, greedy) and reads its log-probability, which vLLM
+        reports from the model's raw distribution: only each prompt's last position is computed
+        and the prompts' cached prefixes are reused. A server that does not honour the
+        restriction (another token comes back) is asked by echo instead: each prompt with the
+        letter appended, the letter's echoed log-probability (every position computed)."""
         k = len(option_ids)
-        last = torch.tensor([lp[-1] for lp in token_logp], dtype=torch.float64).view(-1, k)
-        return last.log_softmax(-1).float()
+        if self.option_by_echo:
+            rows = [p + [o] for p in prompts for o in option_ids]
+            last = [lp[-1] for lp in self.token_log_probs(rows)]
+            return torch.tensor(last, dtype=torch.float64).view(-1, k).log_softmax(-1).float()
+        groups = token_budget([len(p) for p in prompts], self.request_tokens)
+        bodies = [
+            {
+                "model": self.model_name,
+                "prompt": [prompts[i] for i in group],
+                "max_tokens": 1,
+                "temperature": 0,
+                "logprobs": 0,
+                "allowed_token_ids": [option],
+                "return_token_ids": True,
+            }
+            for option in option_ids
+            for group in groups
+        ]
+        answers = self.client.map("/v1/completions", bodies)
+        out = torch.empty(len(prompts), k, dtype=torch.float64)
+        what = f"{self.client.what} (option log-probabilities)"
+        for j, body in enumerate(bodies):
+            option, group = body["allowed_token_ids"][0], groups[j % len(groups)]
+            for i, choice in zip(group, sorted_choices(answers[j], len(group), what), strict=True):
+                ids = choice.get("token_ids") if isinstance(choice, dict) else None
+                if ids != [option]:
+                    self.option_by_echo = True  # the restriction was not honoured
+                    return self.option_log_probs(prompts, option_ids)
+                logprobs = choice.get("logprobs")
+                values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+                if not isinstance(values, list) or not values or values[0] is None:
+                    raise ServiceError(f"{what}: malformed log-probabilities: {values!r:.80}")
+                out[i, option_ids.index(option)] = logprob_list(values, what, 1)[0]
+        return out.log_softmax(-1).float()
 
     # -- sampling --------------------------------------------------------------------------
     def sample_ids(

@@ -331,3 +331,42 @@ def test_a_run_saved_with_the_old_keys_resumes(world, tmp_path):
     assert cfg.optimized_metric == "after/exact_match" and "objective" not in cfg
     assert cfg.strategy.name == "ddp" and "strategy" not in cfg.trainer
     assert cfg.strategy.teacher == "replicated" and cfg.logger.print_time_every == 10
+
+
+def test_engine_options_are_checked_before_anything_runs():
+    """The served teacher's and the vLLM rollout engine's keys: one line each, naming the key."""
+    assert refusal("model.teacher.backend=cloud") == (
+        "model.teacher.backend='cloud': valid: local, server"
+    )
+    assert refusal("+model.student.backend=server") == (
+        "model.student.backend=server: only the teacher is served; the student samples on a "
+        "server with rollout.sampler=vllm"
+    )
+    assert refusal(
+        "model.teacher.backend=server", "model.teacher.server.urls=[localhost:8000]"
+    ) == (
+        "model.teacher.server.urls: 'localhost:8000' is not a URL; give base URLs like "
+        "http://127.0.0.1:8000 (or [] to start a server for the run)"
+    )
+    assert refusal("model.teacher.backend=server", "model.teacher.server.retries=-1") == (
+        "model.teacher.server.retries=-1: must be an integer >= 0"
+    )
+    assert refusal("model.teacher.backend=server", "+model.teacher.server.port=1") == (
+        "model.teacher.server.port: unknown key; valid: urls, model, concurrency, timeout, "
+        "retries, backoff, python, max_model_len, args"
+    )
+    assert refusal("model.teacher.backend=server", "loss=gkd").startswith(
+        "loss=gkd: trains on the teacher's full next-token distributions, which a served teacher "
+        "does not send"
+    )
+    assert refusal("rollout.sampler=vllm", "strategy=ddp") == (
+        "rollout.sampler=vllm: runs in one training process (strategy=auto); with strategy=ddp "
+        "use rollout.sampler=inverse_cdf"
+    )
+    assert refusal("rollout.sampler=vllm", "rollout.vllm.url=8001") == (
+        "rollout.vllm.url=8001: a base URL like http://127.0.0.1:8001, or null (the run starts a "
+        "server)"
+    )
+    assert refusal("rollout.sampler=vllm", "rollout.vllm.concurrency=0").startswith(
+        "rollout.vllm.concurrency=0: must be an integer >= 1"
+    )

@@ -104,6 +104,11 @@ class RunConfig:
         lora = lora_rank(self.model) if fsdp and self.model is not None else 0
         self.strategy.check(self.trainer.accelerator, lora)
         self.rollout.check()
+        require(
+            self.rollout.sampler != "vllm" or self.strategy.name == "auto",
+            f"rollout.sampler=vllm: runs in one training process (strategy=auto); with "
+            f"strategy={self.strategy.name} use rollout.sampler=inverse_cdf",
+        )
         self.logger.check()
         output_dir = self.output_dir
         problem = writable_dir_problem(Path(str(output_dir))) if output_dir else None
