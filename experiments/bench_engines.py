@@ -113,7 +113,7 @@ def main() -> None:
         f"{'local1t/vLLM':>12} {'local2t/vLLM':>12}"
     )
     print(header)
-    for vocab in (int(v) for v in args.vocabs.split(",")):
+    for vocab in (int(v) for v in args.vocabs.split(",") if v):
         model = padded_vocab(base, vocab, seed=0).eval()
         folder = work / f"teacher-{vocab}"
         model.save_pretrained(folder)
@@ -152,12 +152,13 @@ def main() -> None:
     if args.skip_memory:
         return
     print("\ntraining process peak RSS (MB), default world, teacher local vs served")
-    epochs = [f"trainer.max_epochs={args.memory_epochs}", "trainer.val_every_n_epochs=0"]
+    epochs = [f"trainer.max_epochs={args.memory_epochs}", "trainer.val_every_n_epochs=1000"]
     big = work / "teacher-32768"
-    cases = [("toy teacher (104)", [], root / "teacher")]
-    if big.exists():
-        hf = ["model=hf", f"model.student.path={root / 'student'}", f"model.teacher.path={big}"]
-        cases.append(("32k-vocab teacher", hf, big))
+    if not big.exists():
+        padded_vocab(base, 32768, seed=0).save_pretrained(big)
+        tok.save_pretrained(big)
+    hf = ["model=hf", f"model.student.path={root / 'student'}", f"model.teacher.path={big}"]
+    cases = [("toy teacher (104)", [], root / "teacher"), ("32k-vocab teacher", hf, big)]
     for label, extra, teacher in cases:
         local = _run_peak([*epochs, *extra], work / f"mem-local-{teacher.name}")
         server = vllm_server.launch(
