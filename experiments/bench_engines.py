@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--vocabs", default="104,32768,262144")
     parser.add_argument("--memory-epochs", type=int, default=5)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument(
+        "--sync-vocabs", default="104,32768,262144", help="weight-sync timing ('' skips it)"
+    )
     parser.add_argument("--device", default="cpu", help="of the local path: cpu, or cuda")
     args = parser.parse_args()
 
@@ -149,6 +152,38 @@ def main() -> None:
             print(f"{vocab:>7} vLLM server peak RSS {_server_peak_mb(server):.0f} MB", flush=True)
         finally:
             server.stop()
+    if args.sync_vocabs:
+        print("\nweight sync of the rollout engine (write safetensors, pause, reload, resume)")
+        from pad_lightning.engines import vllm_rollout
+
+        for vocab in (int(v) for v in args.sync_vocabs.split(",")):
+            model = padded_vocab(base, vocab, seed=0).eval()
+            folder = work / f"sync-{vocab}"
+            model.save_pretrained(folder)
+            tok.save_pretrained(folder)
+            server = vllm_server.launch(
+                str(folder),
+                "student",
+                512,
+                work / "sync.log",
+                "bench",
+                weight_sync=True,
+                say=lambda _: None,
+            )
+            try:
+                engine = vllm_rollout.connect(
+                    vllm_rollout.VllmEngineOptions(), server.url, "student", None
+                )
+                state = model.state_dict()
+                seconds = median_time(lambda e=engine, st=state: e.sync(st), args.repeats)
+                size = sum(
+                    t.numel() * t.element_size()
+                    for t in vllm_rollout.unique_tensors(state).values()
+                )
+                print(f"{vocab:>7} {size / 2**20:>8.1f} MB of weights: {seconds:.3f} s per sync")
+                engine.close()
+            finally:
+                server.stop()
     if args.skip_memory:
         return
     print("\ntraining process peak RSS (MB), default world, teacher local vs served")

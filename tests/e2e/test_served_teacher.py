@@ -202,6 +202,8 @@ class _BadServer(ThreadingHTTPServer):
         class Handler(BaseHTTPRequestHandler):
             def do_POST(handler):  # noqa: N805
                 body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+                if self.flaw == "slow":
+                    time.sleep(1.0)
                 prompts = body["prompt"]
                 choices = []
                 for i, ids in enumerate(prompts):
@@ -237,16 +239,17 @@ class _BadServer(ThreadingHTTPServer):
         ("short", r"malformed log-probabilities: \d+ expected, got 2"),
         ("text", r"malformed log-probability at token 2: '-1.0'"),
         ("missing", r"\d+ choices expected, got \d+"),
+        ("slow", r"no answer after 2 attempts; last: .*timed out"),
     ],
 )
 def test_malformed_or_nonfinite_answers_never_reach_training(flaw, error):
     """NaN is refused as a local non-finite score is; a short, textual or missing answer is a
-    one-line service error: a rollout with a partial teacher answer never trains."""
+    one-line service error, and so is a server that times out past the retries: a rollout with
+    a partial teacher answer never trains."""
     bad = _BadServer(flaw)
     try:
-        teacher = ServedLM(
-            Client(ClientOptions(urls=[bad.url], retries=0), "model.teacher.server"), "t"
-        )
+        options = ClientOptions(urls=[bad.url], retries=1, backoff=0.01, timeout=0.3)
+        teacher = ServedLM(Client(options, "model.teacher.server"), "t")
         tok = build_char_tokenizer()
         from conftest import tiny_model
 

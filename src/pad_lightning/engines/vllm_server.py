@@ -46,14 +46,21 @@ def stop_all() -> None:
 
 
 def vllm_python(python: str | None, key: str) -> str:
-    """The Python of the vLLM environment: `python` (a config key's value), else
-    $PAD_LIGHTNING_VLLM_PYTHON, else .venv-vllm/bin/python; checked to exist."""
-    chosen = python or os.environ.get(PYTHON_ENV) or DEFAULT_PYTHON
+    """The Python of the vLLM environment: `python` (the value of `key`), else
+    $PAD_LIGHTNING_VLLM_PYTHON, else .venv-vllm/bin/python; checked to exist (a ConfigError
+    naming where the path came from)."""
+    if python:
+        chosen, source = python, f"{key}={python!r}"
+    elif os.environ.get(PYTHON_ENV):
+        chosen = os.environ[PYTHON_ENV]
+        source = f"{PYTHON_ENV}={chosen!r}"
+    else:
+        chosen, source = DEFAULT_PYTHON, f"{DEFAULT_PYTHON} (the default of {key})"
     path = Path(os.path.expanduser(chosen))
     if not path.exists():
         raise ConfigError(
-            f"{key}={chosen!r}: no such Python; {SETUP_HINT}, or set {PYTHON_ENV} or {key} to "
-            "the python of an environment with vllm installed"
+            f"{source}: no such Python; {SETUP_HINT}, or set {PYTHON_ENV} or {key} to the "
+            "python of an environment with vllm installed"
         )
     return str(path if path.is_absolute() else Path.cwd() / path)
 

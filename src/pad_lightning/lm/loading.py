@@ -41,6 +41,7 @@ from pad_lightning.engines.teacher_service import (
     check_reachable,
     server_options,
 )
+from pad_lightning.engines.vllm_server import vllm_python
 from pad_lightning.lm.adapters import is_lora
 from pad_lightning.lm.chat import ChatTemplateError, check_end_marker, prompt_text, response_suffix
 from pad_lightning.runtime.errors import ConfigError, described, first_line
@@ -604,8 +605,11 @@ def check_model_config(model_cfg) -> tuple[dict[str, RoleOptions], dict[str, str
     """
     options = {role: role_options(role, model_cfg.get(role)) for role in ROLES}
     sources = {r: resolve_source(o) for r, o in options.items() if o.path is not None}
-    if options["teacher"].server is not None:  # given servers answer, before any model loads
-        check_reachable(options["teacher"].server)
+    server = options["teacher"].server
+    if server is not None and server.launches():  # the vLLM the run would start exists
+        vllm_python(server.python, "model.teacher.server.python")
+    elif server is not None:  # given servers answer, before any model loads
+        check_reachable(server)
     return options, sources
 
 

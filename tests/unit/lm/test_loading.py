@@ -78,7 +78,9 @@ def test_yaml_defaults_are_the_code_defaults(group):
         assert opts.path == {"student": "a/b", "teacher": "c/d"}[role]
         expected = models.RoleOptions(role, path=opts.path, zoo=opts.zoo)
         assert opts == expected
-    assert set(cfg.model.student) - {"zoo"} == set(models.ROLE_KEYS) - {"zoo"}
+    served = {"backend", "server"}  # the teacher's alone (model.teacher.backend=server)
+    assert set(cfg.model.student) - {"zoo"} == set(models.ROLE_KEYS) - {"zoo"} - served
+    assert set(cfg.model.teacher) - {"zoo"} == set(models.ROLE_KEYS) - {"zoo", "lora"}
     assert set(cfg.model.student.lora) == set(models.LORA_KEYS)
 
 
@@ -104,7 +106,7 @@ def test_yaml_defaults_are_the_code_defaults(group):
          "alpha, dropout, target_modules, save"),
         ("student", {"dytpe": "float32"}, "model.student.dytpe: unknown key; valid: path, zoo, "
          "dtype, attn_implementation, gradient_checkpointing, chat_template, "
-         "trust_remote_code, lora"),
+         "trust_remote_code, lora, backend, server"),
     ],
 )  # fmt: skip
 def test_bad_options_are_one_line_errors(role, options, message):

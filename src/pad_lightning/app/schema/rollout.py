@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from pad_lightning.app.schema.values import number, one_of, require
 from pad_lightning.engines.vllm_rollout import VllmEngineOptions
+from pad_lightning.engines.vllm_server import vllm_python
 from pad_lightning.lm.sampling import SAMPLERS
 
 ROLLOUT_SAMPLERS = (*SAMPLERS, "vllm")
@@ -41,6 +42,8 @@ class RolloutGroup:
                 f"rollout.vllm.url={engine.url!r}: a base URL like http://127.0.0.1:8001, or null "
                 "(the run starts a server)",
             )
+        elif self.sampler == "vllm":  # the vLLM the run would start exists
+            vllm_python(engine.python, "rollout.vllm.python")
         number(engine.max_model_len, "rollout.vllm.max_model_len", integer=True, low=16)
         number(engine.concurrency, "rollout.vllm.concurrency", integer=True, low=1)
         number(engine.timeout, "rollout.vllm.timeout", low=0, low_open=True)
