@@ -29,6 +29,7 @@ Run: ``.venv/bin/python experiments/bench_vs_trl.py [--rows 256] [--threads 2]``
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import warnings
 
@@ -63,6 +64,45 @@ def pad_step(student, teacher, tok, prompts: list[str], max_new_tokens: int):
     return step
 
 
+def _trl_step(trainer_cls, config_cls, data, student, teacher, tok, workdir: str, **config):
+    """A step function of a TRL trainer on one batch of `data`: `training_step` (which samples
+    on-policy and computes the loss and its backward) and an AdamW step."""
+    args = config_cls(
+        output_dir=workdir,
+        per_device_train_batch_size=len(data),
+        beta=0.5,
+        temperature=0.8,
+        learning_rate=1e-5,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        logging_strategy="no",
+        dataloader_num_workers=0,
+        **config,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = trainer_cls(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=data,
+            processing_class=tok,
+        )
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we bypass
+    inputs = next(iter(trainer.get_train_dataloader()))
+
+    def step() -> None:
+        trainer.model.train()
+        trainer.training_step(trainer.model, copy.copy(inputs), None)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+
+    return step
+
+
 def gkd_step(student, teacher, tok, prompts: list[str], max_new_tokens: int, workdir: str):
     """One TRL GKD step (lmbda = 1: on-policy) on `prompts`, and an AdamW step."""
     from datasets import Dataset
@@ -75,86 +115,24 @@ def gkd_step(student, teacher, tok, prompts: list[str], max_new_tokens: int, wor
             for p in prompts
         ]
     )
-    args = GKDConfig(
-        output_dir=workdir,
-        per_device_train_batch_size=len(prompts),
-        lmbda=1.0,
-        beta=0.5,
-        temperature=0.8,
-        max_new_tokens=max_new_tokens,
-        learning_rate=1e-5,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        logging_strategy="no",
-        dataloader_num_workers=0,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = GKDTrainer(
-            model=student,
-            teacher_model=teacher,
-            args=args,
-            train_dataset=data,
-            processing_class=tok,
-        )
-    trainer.create_optimizer_and_scheduler(num_training_steps=100)
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we bypass
-    inputs = next(iter(trainer.get_train_dataloader()))
-
-    def step() -> None:
-        trainer.model.train()
-        trainer.training_step(trainer.model, dict(inputs))
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad()
-
-    return step
+    return _trl_step(
+        GKDTrainer, GKDConfig, data, student, teacher, tok, workdir,
+        lmbda=1.0, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
 
 
 def distill_step(student, teacher, tok, prompts: list[str], max_new_tokens: int, workdir: str):
     """One step of TRL's stable `DistillationTrainer` (on-policy: the student samples one
     completion per prompt with HF `generate`; generalized JSD, beta = 0.5, computed chunk by chunk
-    from the two models' hidden states, never the full [tokens, vocab] logits), through
-    `training_step` (which generates), and an AdamW step."""
+    from the two models' hidden states, never the full [tokens, vocab] logits) and an AdamW step."""
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
-    args = DistillationConfig(
-        output_dir=workdir,
-        per_device_train_batch_size=len(prompts),
-        beta=0.5,
-        temperature=0.8,
+    return _trl_step(
+        DistillationTrainer, DistillationConfig, data, student, teacher, tok, workdir,
         max_completion_length=max_new_tokens,
-        learning_rate=1e-5,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        logging_strategy="no",
-        dataloader_num_workers=0,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = DistillationTrainer(
-            model=student,
-            teacher_model=teacher,
-            args=args,
-            train_dataset=data,
-            processing_class=tok,
-        )
-    trainer.create_optimizer_and_scheduler(num_training_steps=100)
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we bypass
-    inputs = next(iter(trainer.get_train_dataloader()))
-
-    def step() -> None:
-        trainer.model.train()
-        trainer.training_step(trainer.model, list(inputs))
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad()
-
-    return step
+    )  # fmt: skip
 
 
 def main() -> None:
