@@ -396,3 +396,49 @@ def test_a_server_killed_mid_run_ends_it_with_the_resume_line(run_root, tmp_path
     assert line.endswith(f"resume with: python -m pad_lightning.run resume={run_dir}")
     assert json.loads((run_dir / "run_state.json").read_text())["status"] == "FAILED"
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_the_serve_command_serves_a_folder_under_its_path_until_ctrl_c(teacher_folder, tmp_path):
+    """`python -m pad_lightning.serve <folder>`: prints the overrides for a run, serves the folder
+    under its path (the name a run expects), and stops on Ctrl-C; bad input is one line."""
+    env = _env(tmp_path)
+    for args, line in (
+        (["zoo:foo"], "serve error: zoo:foo: valid: zoo:teacher, zoo:student"),
+        (["/nonexistent/model"], "serve error: /nonexistent/model: no such folder"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "pad_lightning.serve", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode != 0 and out.stderr.strip() == line
+    port = closed_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pad_lightning.serve", str(teacher_folder), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith(f"serving {teacher_folder} as {str(teacher_folder)!r} on ")
+        assert f"model.teacher.server.urls=[http://127.0.0.1:{port}]" in first
+        options = teacher_service.ServerOptions(urls=[f"http://127.0.0.1:{port}"])
+        deadline = time.time() + 300
+        while True:
+            try:
+                served = teacher_service.connect(options, str(teacher_folder))
+                break
+            except ConfigError:
+                assert proc.poll() is None and time.time() < deadline
+                time.sleep(0.5)
+        assert served.model_name == str(teacher_folder)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) is not None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
