@@ -327,6 +327,21 @@ def test_a_run_starts_its_teacher_server_and_stops_it(run_root):
     assert summary["after"]["teacher_reward"] < 0
     log = (run_root / "launched" / "teacher-vllm.log").read_text()
     assert "POST /v1/completions" in log
+    import mlflow
+
+    from pad_lightning.app.models import stored_parameters
+
+    client = mlflow.MlflowClient(f"sqlite:///{run_root / 'mlflow.db'}")
+    state = json.loads((run_root / "launched" / "run_state.json").read_text())
+    params = client.get_run(state["mlflow_run_id"]).data.params
+    assert params["model.teacher.backend"] == "server"
+    teacher = AutoModelForCausalLM.from_pretrained(_zoo_teacher(run_root))
+    expected = sum(p.numel() for p in teacher.parameters())
+    assert (
+        int(params["model.teacher_parameters"])
+        == expected
+        == stored_parameters(str(_zoo_teacher(run_root)))
+    )  # counted from its folder, not the served module's empty 0
     url = out.stdout.split("model.teacher.server: starting vLLM on ", 1)[1].split()[0]
     with pytest.raises(ConfigError, match="does not answer"):  # no server left behind
         teacher_service.check_reachable(teacher_service.ServerOptions(urls=[url]))

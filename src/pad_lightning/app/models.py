@@ -4,9 +4,11 @@ then both roles loaded by `lm.loading`; a served teacher is reached (or its serv
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from safetensors import safe_open
 from transformers import AutoConfig, GenerationConfig
 
 from pad_lightning.engines import teacher_service, vllm_rollout, vllm_server
@@ -53,6 +55,7 @@ def serve_teacher(log_dir: Path | None, say=print):
             )
             server = teacher_service.ServerOptions(**{**vars(server), "urls": [started.url]})
         served = teacher_service.connect(server, name, config)
+        served.parameter_count = stored_parameters(source)
         try:
             served.generation_config = GenerationConfig.from_pretrained(source)
         except OSError:  # no generation_config.json: the tokenizer's EOS ends samples
@@ -62,6 +65,20 @@ def serve_teacher(log_dir: Path | None, say=print):
         return served
 
     return serve
+
+
+def stored_parameters(source: str) -> int | None:
+    """Parameters in a local model folder's safetensors files (headers only; tied weights are
+    stored once), or None (a hub id, other weight formats)."""
+    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
+                total += math.prod(weights.get_slice(key).get_shape())
+    return total
 
 
 def load_pair(model_cfg, log_dir: Path | None = None) -> tuple:

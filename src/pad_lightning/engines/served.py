@@ -50,6 +50,7 @@ class ServedLM(torch.nn.Module):
         self.generation_config = None
         self.request_tokens = 8192  # prompt tokens per scoring request
         self.option_by_echo = False  # MCQ options by echo (a server without allowed_token_ids)
+        self.parameter_count: int | None = None  # as stored in its folder, where known
 
     def forward(self, *args, **kwargs):
         raise TypeError(

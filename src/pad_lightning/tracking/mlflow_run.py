@@ -500,8 +500,16 @@ def parameter_counts(student, teacher) -> dict[str, int]:
         "model.student_trainable_parameters": sum(
             p.numel() for p in student.parameters() if p.requires_grad
         ),
-        "model.teacher_parameters": sum(p.numel() for p in teacher.parameters()),
-    }
+    } | _teacher_count(teacher)
+
+
+def _teacher_count(teacher) -> dict[str, int]:
+    """A local teacher's parameters; a served one's as stored in its folder (`parameter_count`,
+    absent when unknown: never the 0 of its empty local module)."""
+    if hasattr(teacher, "parameter_count"):
+        count = teacher.parameter_count
+        return {} if count is None else {"model.teacher_parameters": count}
+    return {"model.teacher_parameters": sum(p.numel() for p in teacher.parameters())}
 
 
 def _prompt_text(prompt) -> str:
