@@ -177,27 +177,19 @@ def main() -> None:
             args.repeats,
         )
         with tempfile.TemporaryDirectory() as workdir:
-            gkd = median_time(
-                gkd_step(
-                    padded_vocab(base_student, vocab, 2),
-                    teacher,
-                    tok,
-                    prompts * 4,
-                    args.max_new_tokens,
-                    workdir,
-                ),
-                args.repeats,
-            )
-            distill = median_time(
-                distill_step(
-                    padded_vocab(base_student, vocab, 2),
-                    teacher,
-                    tok,
-                    prompts * 4,
-                    args.max_new_tokens,
-                    workdir,
-                ),
-                args.repeats,
+            gkd, distill = (
+                median_time(
+                    make(
+                        padded_vocab(base_student, vocab, 2),
+                        teacher,
+                        tok,
+                        prompts * 4,
+                        args.max_new_tokens,
+                        workdir,
+                    ),
+                    args.repeats,
+                )
+                for make in (gkd_step, distill_step)
             )
         ratios[vocab] = gkd / pad
         print(
